@@ -22,5 +22,4 @@ setup(
         "test": ["pytest", "pytest-benchmark"],
         "plot": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["fuxi-linear=fuxi_linear.cli:main"]},
 )

@@ -1,0 +1,142 @@
+"""Loading checkpoints of the authors' released FuXi-Linear implementation (SPEC §8).
+
+The released model stores its parameters under names such as ``_fuxi._attention_layers.{i}._uvqk``; this
+module maps them onto :class:`FuXiLinear`, inferring the configuration from the parameter shapes.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from .config import FuXiLinearConfig
+from .model import FuXiLinear
+
+_ITEM = "_embedding_module._item_emb.weight"
+_POS = "_input_features_preproc._pos_emb.weight"
+_LAYER = re.compile(r"_fuxi\._attention_layers\.(\d+)\.(.+)$")
+
+
+def _unwrap(state_dict: Any) -> Mapping[str, torch.Tensor]:
+    """Accept a bare state dict or a training checkpoint holding one, with any key prefix (``module.``...)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of parameter names to tensors, got {type(state_dict).__name__}")
+    for key in ("state_dict", "model_state_dict", "model"):
+        inner = state_dict.get(key)
+        if isinstance(inner, Mapping) and any(str(k).endswith(_ITEM) for k in inner):
+            state_dict = inner
+            break
+    prefixes = [k[: -len(_ITEM)] for k in state_dict if isinstance(k, str) and k.endswith(_ITEM)]
+    if len(prefixes) != 1:
+        raise ValueError(f"not a checkpoint of the released FuXi-Linear model: expected one key ending in {_ITEM!r}")
+    prefix = prefixes[0]
+    return {k[len(prefix):]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
+def _require(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in sd:
+        raise ValueError(f"checkpoint is missing {key!r}")
+    value = sd[key]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"checkpoint entry {key!r} must be a tensor, got {type(value).__name__}")
+    return value
+
+
+def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLinearConfig:
+    """Infer a :class:`FuXiLinearConfig` from the released model's parameter shapes.
+
+    ``overrides`` set what shapes cannot tell (``dropout``, ``temperature``, ``num_negatives``, ``backend``).
+    """
+    sd = _unwrap(state_dict)
+    num_items = _require(sd, _ITEM).shape[0] - 1
+    D = _require(sd, _ITEM).shape[1]
+    pos_rows = _require(sd, _POS).shape[0]
+    layers = sorted({int(m.group(1)) for k in sd for m in [_LAYER.match(k)] if m})
+    if not layers or layers != list(range(len(layers))):
+        raise ValueError(f"checkpoint has no contiguous _fuxi._attention_layers.N blocks (found {layers})")
+    lp = "_fuxi._attention_layers.0."
+    H = _require(sd, lp + "_retention._gamma").shape[0]
+    uvqk_out = _require(sd, lp + "_uvqk").shape[1]
+    qk_total = uvqk_out - 4 * D
+    if qk_total <= 0 or qk_total % (2 * H):
+        raise ValueError(f"_uvqk width {uvqk_out} does not fit 4D + 2*H*dqk with D={D}, H={H}")
+    periods = _require(sd, lp + "_channel_t._intervals").to(torch.int64).flatten()
+    gamma0 = _require(sd, lp + "_channel_t._gamma")
+    learn = gamma0.numel() == periods.numel() and gamma0.numel() > 1
+    emb_p = _require(sd, lp + "_channel_p._emb")
+    ffn_hidden = _require(sd, lp + "_mffn.lin1.weight").shape[0]
+    if ffn_hidden % D:
+        raise ValueError(f"_mffn.lin1 width {ffn_hidden} is not a multiple of D={D}")
+    values: Dict[str, Any] = dict(
+        num_items=num_items,
+        max_seq_len=max(pos_rows - 11, 1),
+        embedding_dim=D,
+        num_blocks=len(layers),
+        num_heads=H,
+        qk_dim=qk_total // (2 * H),
+        ffn_multiply=ffn_hidden // D,
+        temporal_periods=tuple(int(p) for p in periods),
+        learn_temporal_decay=learn,
+        positional_dim=emb_p.shape[1],
+        positional_table_size=emb_p.shape[0],
+        absolute_position_table_size=pos_rows,
+        dropout=0.0,
+    )
+    values.update(overrides)
+    return FuXiLinearConfig(**values)
+
+
+def from_official_state_dict(state_dict: Any, config: Optional[FuXiLinearConfig] = None, **overrides: Any) -> FuXiLinear:
+    """Build a :class:`FuXiLinear` holding the weights of a released-implementation checkpoint.
+
+    Args:
+        state_dict: the released model's ``state_dict()`` (or a checkpoint dict containing it).
+        config: the configuration to use; inferred from the shapes when None (``overrides`` apply then).
+    Returns:
+        the model in eval mode, float32, on the CPU.
+    """
+    sd = _unwrap(state_dict)
+    cfg = config if config is not None else config_from_official_state_dict(sd, **overrides)
+    model = FuXiLinear(cfg)
+    ours: Dict[str, torch.Tensor] = {
+        "item_embedding.weight": sd[_ITEM],
+        "position_embedding.weight": _require(sd, _POS),
+    }
+    lp0 = "_fuxi._attention_layers.0._channel_t."
+    gamma0 = _require(sd, lp0 + "_gamma").float().flatten()
+    ours["temporal.decay_logits"] = gamma0.expand(cfg.temporal_num_periods).clone()
+    ours["temporal.periods"] = _require(sd, lp0 + "_intervals").to(torch.int64).flatten()
+    for i in range(cfg.num_blocks):
+        src, dst = f"_fuxi._attention_layers.{i}.", f"blocks.{i}."
+        for theirs, mine in [
+            ("_uvqk", "uvqk"),
+            ("_retention._gamma", "retention.decay_logits"),
+            ("_channel_t.proj_v.weight", "temporal.proj_v.weight"),
+            ("_channel_t.alpha", "temporal.alpha"),
+            ("_channel_t.beta", "temporal.beta"),
+            ("_channel_p._emb", "positional.table"),
+            ("_channel_p._proj_p.weight", "positional.proj_p.weight"),
+            ("_channel_p._alpha", "positional.alpha"),
+            ("_channel_p._beta", "positional.beta"),
+            ("_mffn.lin0.weight", "ffn.lin0.weight"),
+            ("_mffn.lin1.weight", "ffn.lin1.weight"),
+            ("_mffn.lin2.weight", "ffn.lin2.weight"),
+            ("_mffn.lin3.weight", "ffn.lin3.weight"),
+        ]:
+            ours[dst + mine] = _require(sd, src + theirs)
+    expected = model.state_dict()
+    for name, value in ours.items():
+        if name not in expected:
+            raise ValueError(f"internal mapping names an unknown parameter {name!r}")
+        want = expected[name]
+        value = value.reshape(want.shape) if value.numel() == want.numel() else value
+        if value.shape != want.shape:
+            raise ValueError(f"checkpoint tensor for {name} has shape {tuple(value.shape)}, expected {tuple(want.shape)}")
+        ours[name] = value.to(want.dtype)
+    missing = set(expected) - set(ours) - {"temporal.omega"}
+    if missing:
+        raise ValueError(f"checkpoint does not provide {sorted(missing)}")
+    ours["temporal.omega"] = (2 * torch.pi) / ours["temporal.periods"].double()
+    model.load_state_dict(ours)
+    return model.eval()

@@ -1,0 +1,109 @@
+"""Configuration of the FuXi-Linear model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from .ops.decay_attention import BACKENDS
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+@dataclass
+class FuXiLinearConfig:
+    """Hyper-parameters of :class:`fuxi_linear.FuXiLinear` (SPEC §2-6).
+
+    Attributes:
+        num_items: catalogue size; item ids are 1..num_items, 0 is padding.
+        max_seq_len: L, the longest history the model is built for.
+        embedding_dim: D. num_blocks: number of FuXi-Linear blocks. num_heads: H retention heads.
+        qk_dim: dqk of the retention heads (default D / H); the value width is D / H.
+        ffn_multiply: F = D * ffn_multiply in the multi-stage FFN.
+        temporal_base, temporal_start, temporal_stride, temporal_num_periods: periods
+            ``base^(start + m*stride)`` in the timestamps' unit (defaults: seconds; use 2, 10, 3, 8 for ms).
+        temporal_periods: explicit int periods instead of the base/start/stride rule (checkpoint import).
+        learn_temporal_decay: learn ``b`` (gamma = sigmoid(b)), else gamma = 0.5.
+        temporal_max_log_decay: bound on the per-step temporal log-decay.
+        use_temporal: False switches the temporal channel off (its input to the gate is zero) — an ablation.
+        positional_dim: P. positional_table_size: Nmax (default L + 11 rounded up to 128, as released).
+        absolute_position_table_size: rows of the absolute position embedding (default L + 11, as released).
+        dropout: input and FFN dropout. temperature: tau of the sampled softmax. num_negatives: per position.
+        backend: operator backend, "auto" | "triton" | "reference".
+    """
+
+    num_items: int
+    max_seq_len: int = 200
+    embedding_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 4
+    qk_dim: Optional[int] = None
+    ffn_multiply: int = 4
+    temporal_base: int = 16
+    temporal_start: int = 0
+    temporal_stride: int = 1
+    temporal_num_periods: int = 8
+    temporal_periods: Optional[Tuple[int, ...]] = None
+    learn_temporal_decay: bool = True
+    temporal_max_log_decay: float = 20.0
+    use_temporal: bool = True
+    positional_dim: int = 32
+    positional_table_size: Optional[int] = None
+    absolute_position_table_size: Optional[int] = None
+    dropout: float = 0.2
+    temperature: float = 0.05
+    num_negatives: int = 128
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("num_items", "max_seq_len", "embedding_dim", "num_blocks", "num_heads", "ffn_multiply",
+                     "temporal_num_periods", "positional_dim", "num_negatives"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.qk_dim is None:
+            self.qk_dim = self.embedding_dim // self.num_heads
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"embedding_dim={self.embedding_dim} must be divisible by num_heads={self.num_heads}")
+        if self.temporal_periods is not None:
+            self.temporal_periods = tuple(int(p) for p in self.temporal_periods)
+            self.temporal_num_periods = len(self.temporal_periods)
+        if self.embedding_dim % (2 * self.temporal_num_periods):
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} must be divisible by 2 * temporal_num_periods="
+                f"{2 * self.temporal_num_periods}"
+            )
+        if self.positional_dim % 2:
+            raise ValueError(f"positional_dim must be even, got {self.positional_dim}")
+        if self.positional_table_size is None:
+            self.positional_table_size = _round_up(self.max_seq_len + 11, 128)
+        if self.absolute_position_table_size is None:
+            self.absolute_position_table_size = self.max_seq_len + 11
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        return self.embedding_dim * self.ffn_multiply
+
+    @property
+    def max_positions(self) -> int:
+        """Events a user's history may hold, in encode and after decode steps (both position tables)."""
+        return min(self.positional_table_size, self.absolute_position_table_size)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "FuXiLinearConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown FuXiLinearConfig fields: {sorted(unknown)}")
+        return cls(**values)

@@ -1,0 +1,62 @@
+"""Checks of the model's history inputs (item ids, int64 timestamps, lengths), with clear messages."""
+from __future__ import annotations
+
+import torch
+
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _tensor(name: str, x: object, ndim: int, shape_doc: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape_doc}, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape_doc}, got {tuple(x.shape)}")
+    return x
+
+
+def check_item_ids(name: str, item_ids: object, ndim: int, num_items: int, shape_doc: str) -> torch.Tensor:
+    x = _tensor(name, item_ids, ndim, shape_doc)
+    if x.dtype not in INT_DTYPES:
+        raise TypeError(f"{name} must be an int64 (or int32) tensor, got {x.dtype}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) > num_items):
+        raise ValueError(f"{name} must lie in [0, num_items={num_items}] (0 = padding), "
+                         f"got values in [{int(x.min())}, {int(x.max())}]")
+    return x
+
+
+def check_timestamps(name: str, timestamps: object, shape: tuple, shape_doc: str) -> torch.Tensor:
+    x = _tensor(name, timestamps, len(shape), shape_doc)
+    if x.dtype != torch.int64:
+        raise TypeError(
+            f"{name} must be int64 (seconds or milliseconds since the epoch; float32 cannot hold them exactly), "
+            f"got {x.dtype}"
+        )
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {shape_doc}={tuple(shape)}, got {tuple(x.shape)}")
+    return x
+
+
+def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: int, max_positions: int) -> None:
+    """Padded histories: ``item_ids (B, T)``, ``timestamps (B, T)`` int64, ``lengths (B,)`` in [1, T],
+    ``query_timestamps (B,)`` int64; T at most ``max_positions``."""
+    check_item_ids("item_ids", item_ids, 2, num_items, "(B, T)")
+    B, T = item_ids.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"item_ids must be non-empty (B, T), got {tuple(item_ids.shape)}")
+    check_timestamps("timestamps", timestamps, (B, T), "(B, T)")
+    check_timestamps("query_timestamps", query_timestamps, (B,), "(B,)")
+    lengths = _tensor("lengths", lengths, 1, "(B,)")
+    if lengths.dtype not in INT_DTYPES:
+        raise TypeError(f"lengths must be an int64 (or int32) tensor, got {lengths.dtype}")
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"lengths must have shape (B,)=({B},), got {tuple(lengths.shape)}")
+    if int(lengths.min()) < 1 or int(lengths.max()) > T:
+        raise ValueError(f"lengths must lie in [1, T={T}], got values in [{int(lengths.min())}, {int(lengths.max())}]")
+    if int(lengths.max()) > max_positions:
+        raise ValueError(
+            f"histories of {int(lengths.max())} events exceed the model's position tables ({max_positions} positions); "
+            f"truncate to the most recent events or build the model with a larger max_seq_len"
+        )
+    devices = {t.device for t in (item_ids, timestamps, lengths, query_timestamps)}
+    if len(devices) != 1:
+        raise ValueError(f"item_ids, timestamps, lengths and query_timestamps must be on one device, got {devices}")

@@ -1,0 +1,75 @@
+"""Linear positional channel (SPEC §4): one head with a learnable positional kernel, no decay."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..ops import chunk_decay_attention, decay_attention_step
+
+
+def sinusoidal_table(num_positions: int, width: int) -> torch.Tensor:
+    """Row p = ``[sin(p w_f), cos(p w_f)]`` for f < width/2, ``w_f = 10000^(-f / (width/2))``. ``(Nmax, P)``."""
+    half = width // 2
+    w = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * w[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
+
+
+class LinearPositionalChannel(nn.Module):
+    """``o_i = sum_{j<=i} (E_i . E_j / (P/2)) v_j`` with ``v = W_p LN(x)``; ``y = alpha o + beta v``.
+
+    ``E: (Nmax, P)`` is learnable. Positions count from 0 at each user's first event; q and k are the same for
+    every user, so the padded path passes them with batch size 1. Decode state ``(N, 1, P, D)`` float32.
+    """
+
+    def __init__(self, dim: int, width: int, num_positions: int):
+        super().__init__()
+        if width < 2 or width % 2:
+            raise ValueError(f"positional_dim must be an even int >= 2, got {width}")
+        self.width = width
+        self.num_positions = num_positions
+        self.table = nn.Parameter(sinusoidal_table(num_positions, width))
+        self.proj_p = nn.Linear(dim, dim, bias=False)
+        self.alpha = nn.Parameter(torch.randn(1) * 0.02)
+        self.beta = nn.Parameter(torch.ones(1))
+
+    def check_positions(self, max_position: int, argument: str) -> None:
+        if max_position >= self.num_positions:
+            raise ValueError(
+                f"{argument} reaches position {max_position}, beyond the positional table of "
+                f"{self.num_positions} rows (positions 0..{self.num_positions - 1})"
+            )
+
+    def _qk(self, positions: torch.Tensor, dtype: torch.dtype):
+        e = self.table[positions].to(dtype).unsqueeze(-2)  # (..., 1, P)
+        return e, e / (self.width // 2)
+
+    def forward(
+        self,
+        x_hat: torch.Tensor,
+        positions: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        output_final_state: bool = False,
+        backend: str = "auto",
+    ):
+        """``x_hat: (B, T, D)``. ``positions: (1, T)`` int64 for packed input; None means 0..T-1 for every row.
+
+        Returns ``(y: (B, T, D), state: (N, 1, P, D) | None)``.
+        """
+        T = x_hat.shape[1]
+        if positions is None:
+            positions = torch.arange(T, device=x_hat.device)[None, :]
+        v = self.proj_p(x_hat).unsqueeze(-2)
+        q, k = self._qk(positions, v.dtype)  # (1, T, 1, P): shared by the batch, never expanded
+        o, state = chunk_decay_attention(q, k, v, output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                                         backend=backend)
+        return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2), state
+
+    def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto"):
+        """``x_hat: (N, D)``, ``positions: (N,)`` int64; advances ``state`` in place; returns ``y: (N, D)``."""
+        v = self.proj_p(x_hat).unsqueeze(-2)
+        q, k = self._qk(positions, v.dtype)
+        o, _ = decay_attention_step(q, k, v, state, backend=backend)
+        return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2)

@@ -1,0 +1,54 @@
+"""Semantic retention channel (SPEC §2): per-head scalar decay on the block's q, k, v."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..ops import chunk_decay_attention, decay_attention_step
+
+
+class RetentionChannel(nn.Module):
+    """``o_i = sum_{j<=i} d_h^(i-j+1) (q_i . k_j) v_j`` with ``d_h = exp(-r_h)``,
+    ``r_h = exp(-sum_{m<=h} softplus(a_m))`` (strictly decreasing over heads).
+
+    Runs on the operator with ``g_gamma = -r`` and ``q <- d * q`` (the inclusive decay of SPEC §1).
+    Decode state: ``(N, H, dqk, dv)`` float32.
+    """
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.decay_logits = nn.Parameter(torch.randn(num_heads) * 0.02)  # "a" of SPEC §2
+
+    def rates(self) -> torch.Tensor:
+        """Per-step decay rates ``r: (H,)`` (so the per-step decay is ``exp(-r)``)."""
+        a = self.decay_logits
+        a = a if a.dtype == torch.float64 else a.float()  # half-precision models still get float32 decays
+        return torch.exp(-torch.cumsum(nn.functional.softplus(a), 0))
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        output_final_state: bool = False,
+        backend: str = "auto",
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``."""
+        r = self.rates()
+        q = q * torch.exp(-r).to(q.dtype)[:, None]
+        return chunk_decay_attention(
+            q, k, v, g_gamma=-r, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend
+        )
+
+    def step(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto"
+    ) -> torch.Tensor:
+        """One event per user: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``; advances ``state`` in place; returns o."""
+        r = self.rates()
+        q = q * torch.exp(-r).to(q.dtype)[:, None]
+        o, _ = decay_attention_step(q, k, v, state, g_gamma=-r, backend=backend)
+        return o

@@ -1,0 +1,153 @@
+"""Temporal retention channel (SPEC §3): periodic query/key from timestamps, decay from time gaps.
+
+The query, key and log-decay depend only on timestamps and the learnable ``b``, so :class:`TemporalEncoding`
+(owned by the model) computes them once per forward and every block's :class:`TemporalRetentionChannel`
+reuses them, as the released implementation does.
+
+Timestamps are int64 (seconds or milliseconds since the epoch; the periods are in the same unit). The modulo
+and the gaps are taken in int64 and only the results are cast to float: a float32 cannot hold an epoch time
+to the second. Decreasing timestamps are legal: negative gaps clamp to 0 (no decay, no growth).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import chunk_decay_attention, decay_attention_step
+
+
+@dataclass
+class TemporalFeatures:
+    """Shared temporal operands: ``q, k: (..., 2Ht, 2)`` and log-decay ``g: (..., 2Ht)``, float32.
+
+    ``q`` already carries the inclusive decay to the next event (``exp(-lambda_i)``), ``g_i = -lambda_{i-1}``.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    g: torch.Tensor
+
+
+def temporal_periods(base: int, start: int, stride: int, num_periods: int) -> torch.Tensor:
+    """Periods ``T_m = base^(start + m*stride)``, m < num_periods, as int64 ``(Ht,)``."""
+    periods = [int(base) ** (int(start) + m * int(stride)) for m in range(num_periods)]
+    if any(p <= 0 or p >= 2**62 for p in periods):
+        raise ValueError(f"temporal periods must lie in [1, 2^62), got {periods}")
+    return torch.tensor(periods, dtype=torch.int64)
+
+
+class TemporalEncoding(nn.Module):
+    """Computes the temporal channel's q, k and log-decay from int64 timestamps (once per forward).
+
+    Args:
+        periods: int64 ``(Ht,)`` periods in the timestamps' unit.
+        learn_decay: learn ``b`` (``gamma = sigmoid(b)``, init N(0, 0.02)); otherwise ``b = 0`` (gamma = 0.5).
+        max_log_decay: per-step ``lambda`` is clamped to this bound, keeping log-decays finite (exp(-20) is
+            already far below float32 resolution of the weights it multiplies).
+    """
+
+    def __init__(self, periods: torch.Tensor, learn_decay: bool = True, max_log_decay: float = 20.0):
+        super().__init__()
+        periods = periods.to(torch.int64)
+        self.num_periods = int(periods.numel())
+        self.register_buffer("periods", periods)
+        self.register_buffer("omega", (2 * math.pi) / periods.double())  # float64: exact angular rates
+        if learn_decay:
+            self.decay_logits = nn.Parameter(torch.randn(self.num_periods) * 0.02)  # "b" of SPEC §3
+        else:
+            self.register_buffer("decay_logits", torch.zeros(self.num_periods))
+        self.max_log_decay = float(max_log_decay)
+
+    def phases(self, t: torch.Tensor) -> torch.Tensor:
+        """``theta_m(t) = omega_m (t mod T_m)``: int64 ``(...)`` -> float64 ``(..., Ht)``."""
+        return torch.remainder(t.unsqueeze(-1), self.periods).double() * self.omega
+
+    def log_decay(self, gap: torch.Tensor) -> torch.Tensor:
+        """``-lambda = ln(gamma) * omega * max(gap, 0)``, clamped: int64 ``(...)`` -> float32 ``(..., 2Ht)``."""
+        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * self.omega).float()
+        g = (F.logsigmoid(self.decay_logits.float()) * scaled_gap).clamp(min=-self.max_log_decay)
+        return torch.cat([g, g], dim=-1)
+
+    def features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor) -> TemporalFeatures:
+        """Operands for events at ``t_key`` whose next event (or request) is at ``t_query``.
+
+        All three arguments are int64 of one shape ``(...)``; ``gap_prev`` is the gap to the previous event.
+        """
+        theta_k = self.phases(t_key)
+        theta_q = self.phases(t_query)
+        cos_k, sin_k = torch.cos(theta_k).float(), torch.sin(theta_k).float()
+        cos_q, sin_q = torch.cos(theta_q).float(), torch.sin(theta_q).float()
+        # heads m < Ht score sin(theta_q - theta_k), heads Ht + m score cos(theta_q - theta_k)
+        k = torch.cat([torch.stack([cos_k, sin_k], -1), torch.stack([cos_k, sin_k], -1)], dim=-2)
+        q = torch.cat([torch.stack([sin_q, -cos_q], -1), torch.stack([cos_q, sin_q], -1)], dim=-2)
+        q = q * torch.exp(self.log_decay(t_query - t_key)).unsqueeze(-1)
+        return TemporalFeatures(q=q, k=k, g=self.log_decay(gap_prev))
+
+    def forward(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor) -> TemporalFeatures:
+        """Padded histories: ``timestamps (B, T)`` int64, ``lengths (B,)``, ``query_timestamps (B,)`` int64.
+
+        Event i's query time is ``t_{i+1}``, and the request time for the last event. Entries past a user's
+        length are replaced by the request time, so they have zero gaps and stay finite.
+        """
+        B, T = timestamps.shape
+        valid = torch.arange(T, device=timestamps.device)[None, :] < lengths[:, None]
+        t = torch.where(valid, timestamps, query_timestamps[:, None])
+        t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
+        gap_prev = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
+        return self.features(t, t_next, gap_prev)
+
+
+class TemporalRetentionChannel(nn.Module):
+    """Per-block part of the temporal channel: values ``v = W_v LN(x)`` split into 2Ht heads, and the
+    augmented output ``y_h = alpha_h o_h + beta_h v_h``.
+
+    Decode state: ``(N, 2Ht, 2, D / 2Ht)`` float32.
+    """
+
+    def __init__(self, dim: int, num_periods: int):
+        super().__init__()
+        if dim % (2 * num_periods):
+            raise ValueError(f"embedding_dim={dim} must be divisible by 2 * num_periods={2 * num_periods}")
+        self.num_heads = 2 * num_periods
+        self.proj_v = nn.Linear(dim, dim, bias=False)
+        self.alpha = nn.Parameter(torch.randn(self.num_heads) * 0.02)
+        self.beta = nn.Parameter(torch.ones(self.num_heads))
+
+    def zero_state(self, num_sequences: int, like: torch.Tensor) -> torch.Tensor:
+        """An all-zero state ``(N, 2Ht, 2, D / 2Ht)`` float32 on ``like``'s device."""
+        dim = self.proj_v.weight.shape[0]
+        return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device)
+
+    def _values(self, x_hat: torch.Tensor) -> torch.Tensor:
+        return self.proj_v(x_hat).unflatten(-1, (self.num_heads, -1))
+
+    def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        y = self.alpha[:, None].to(o.dtype) * o + self.beta[:, None].to(v.dtype) * v
+        return y.flatten(-2)
+
+    def forward(
+        self,
+        x_hat: torch.Tensor,
+        feats: TemporalFeatures,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        output_final_state: bool = False,
+        backend: str = "auto",
+    ):
+        """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``."""
+        v = self._values(x_hat)
+        o, state = chunk_decay_attention(
+            feats.q.to(v.dtype), feats.k.to(v.dtype), v, g=feats.g,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend,
+        )
+        return self._augment(o, v), state
+
+    def step(self, x_hat: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor, backend: str = "auto"):
+        """``x_hat: (N, D)``, features ``(N, 2Ht, ...)``; advances ``state`` in place; returns ``y: (N, D)``."""
+        v = self._values(x_hat)
+        o, _ = decay_attention_step(feats.q.to(v.dtype), feats.k.to(v.dtype), v, state, g=feats.g, backend=backend)
+        return self._augment(o, v)

@@ -1,0 +1,245 @@
+"""The FuXi-Linear model (SPEC §6): item/position embeddings, L blocks, L2-normalised user vectors,
+sampled-softmax training and O(1)-per-event decode."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import FuXiLinearConfig
+from .decode_state import DecodeState
+from .history_inputs import check_history, check_item_ids, check_timestamps
+from .layers.block import FuXiLinearBlock
+from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / max(||x||_2, eps)`` over the last dimension."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+class FuXiLinear(nn.Module):
+    """FuXi-Linear sequential recommender.
+
+    Histories are right-padded: ``item_ids (B, T)`` int64 with 0 after each user's ``lengths[b]`` events,
+    ``timestamps (B, T)`` int64 (entries past a length are ignored), ``query_timestamps (B,)`` int64 = the time
+    of the request after the last event (the target's time in training and evaluation).
+    """
+
+    def __init__(self, config: FuXiLinearConfig):
+        super().__init__()
+        if not isinstance(config, FuXiLinearConfig):
+            raise TypeError(f"config must be a FuXiLinearConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        D = c.embedding_dim
+        self.item_embedding = nn.Embedding(c.num_items + 1, D)
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        self.position_embedding = nn.Embedding(c.absolute_position_table_size, D)
+        nn.init.xavier_normal_(self.position_embedding.weight)
+        self.input_dropout = nn.Dropout(c.dropout)
+        periods = (torch.tensor(c.temporal_periods, dtype=torch.int64) if c.temporal_periods is not None else
+                   temporal_periods(c.temporal_base, c.temporal_start, c.temporal_stride, c.temporal_num_periods))
+        self.temporal = TemporalEncoding(periods, c.learn_temporal_decay, c.temporal_max_log_decay)
+        self.blocks = nn.ModuleList(
+            FuXiLinearBlock(D, c.num_heads, c.qk_dim, c.ffn_hidden_dim, c.temporal_num_periods, c.positional_dim,
+                            c.positional_table_size, c.dropout)
+            for _ in range(c.num_blocks)
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def _embed(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``sqrt(D) E_item[id] + P_abs[pos]``, dropout, zeroed at padding (id 0)."""
+        x = math.sqrt(self.config.embedding_dim) * self.item_embedding(item_ids) + self.position_embedding(positions)
+        return self.input_dropout(x) * (item_ids != 0).unsqueeze(-1).to(x.dtype)
+
+    def _check(self, item_ids, timestamps, lengths, query_timestamps) -> None:
+        check_history(item_ids, timestamps, lengths, query_timestamps, self.config.num_items,
+                      self.config.max_positions)
+
+    # ------------------------------------------------------------------ full histories
+    def _forward_padded(self, item_ids, timestamps, lengths, query_timestamps) -> torch.Tensor:
+        T = item_ids.shape[1]
+        positions = torch.arange(T, device=item_ids.device)
+        x = self._embed(item_ids, positions[None, :])
+        feats = self.temporal(timestamps, lengths, query_timestamps)
+        for block in self.blocks:
+            x, _ = self._block(block, x, feats, None, None, False)
+        return x
+
+    def _forward_packed(self, item_ids, timestamps, lengths, query_timestamps, output_final_state: bool):
+        """Runs the valid events only, packed as one sequence with ``cu_seqlens``; returns
+        ``(y: (total, D), valid mask (B, T), per-block channel states or None)``."""
+        B, T = item_ids.shape
+        dev = item_ids.device
+        valid = torch.arange(T, device=dev)[None, :] < lengths[:, None]
+        positions = torch.arange(T, device=dev)[None, :].expand(B, T)[valid][None, :]  # (1, total)
+        cu_seqlens = F.pad(torch.cumsum(lengths.long(), 0), (1, 0))
+        x = self._embed(item_ids[valid][None, :], positions)
+        feats = self.temporal(timestamps, lengths, query_timestamps)
+        feats = TemporalFeatures(q=feats.q[valid][None], k=feats.k[valid][None], g=feats.g[valid][None])
+        states = []
+        for block in self.blocks:
+            x, s = self._block(block, x, feats, positions, cu_seqlens, output_final_state)
+            states.append(s)
+        return x[0], valid, (states if output_final_state else None)
+
+    def _block(self, block, x, feats, positions, cu_seqlens, output_final_state):
+        return block(x, feats if self.config.use_temporal else None, positions=positions, cu_seqlens=cu_seqlens,
+                     output_final_state=output_final_state, backend=self.config.backend)
+
+    def encode(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        lengths: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        packed: bool = False,
+    ) -> torch.Tensor:
+        """User vectors at every position.
+
+        Args:
+            item_ids: ``(B, T)`` int64, 0-padded after each user's ``lengths[b]`` events.
+            timestamps: ``(B, T)`` int64; entries past a user's length are ignored. Decreasing times are legal
+                (their gaps clamp to 0: no decay).
+            lengths: ``(B,)`` int64 in [1, T].
+            query_timestamps: ``(B,)`` int64, the time of the request after each user's last event.
+            packed: run only the valid events, packed with ``cu_seqlens`` (faster when lengths vary a lot).
+        Returns:
+            ``(B, T, D)`` L2-normalised user vectors (float32 for a float32 model); zero at padding.
+        """
+        self._check(item_ids, timestamps, lengths, query_timestamps)
+        item_ids, lengths = item_ids.long(), lengths.long()
+        T = item_ids.shape[1]
+        used = int(lengths.max())  # columns past the longest history are padding everywhere: skip them
+        if packed:
+            y, valid, _ = self._forward_packed(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
+                                               False)
+            out = y.new_zeros(item_ids.shape[0], used, y.shape[-1])
+            out[valid] = y
+        else:
+            out = self._forward_padded(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps)
+            out = out * (item_ids[:, :used] != 0).unsqueeze(-1).to(out.dtype)
+        out = l2_normalize(out)
+        return F.pad(out, (0, 0, 0, T - used))
+
+    # ------------------------------------------------------------------ serving
+    def prefill(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        lengths: torch.Tensor,
+        query_timestamps: torch.Tensor,
+    ) -> Tuple[torch.Tensor, DecodeState]:
+        """Encode whole histories once; returns the user vector at each user's last event ``(B, D)`` and the
+        :class:`DecodeState` from which :meth:`step` appends events. Arguments as in :meth:`encode`."""
+        self._check(item_ids, timestamps, lengths, query_timestamps)
+        item_ids, lengths = item_ids.long(), lengths.long()
+        used = int(lengths.max())
+        y, _, states = self._forward_packed(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
+                                            True)
+        last = torch.cumsum(lengths, 0) - 1
+        B = item_ids.shape[0]
+        state = DecodeState(
+            retention=torch.stack([s[0] for s in states]),
+            temporal=torch.stack([s[1] for s in states]),
+            positional=torch.stack([s[2] for s in states]),
+            last_timestamp=timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1).clone(),
+            position=lengths.clone(),
+        )
+        assert state.num_users == B
+        return l2_normalize(y[last]), state
+
+    def step(
+        self,
+        state: DecodeState,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+    ) -> Tuple[torch.Tensor, DecodeState]:
+        """Append one event per user in O(1) of the history length.
+
+        Args:
+            state: from :meth:`prefill` or an earlier step; it is advanced IN PLACE and returned.
+            item_ids: ``(N,)`` int64 ids of the new events (no padding: 1..num_items).
+            timestamps: ``(N,)`` int64 times of the new events.
+            query_timestamps: ``(N,)`` int64 request times after the new events.
+        Returns:
+            ``(user vectors (N, D), state)``.
+        """
+        if not isinstance(state, DecodeState):
+            raise TypeError(f"state must be a DecodeState, got {type(state).__name__}")
+        N = state.num_users
+        check_item_ids("item_ids", item_ids, 1, self.config.num_items, "(N,)")
+        if tuple(item_ids.shape) != (N,):
+            raise ValueError(f"item_ids must have shape (N,)=({N},) for a state of {N} users, got {tuple(item_ids.shape)}")
+        if N and int(item_ids.min()) < 1:
+            raise ValueError("item_ids of a decode step must be real items in [1, num_items], got padding id 0")
+        check_timestamps("timestamps", timestamps, (N,), "(N,)")
+        check_timestamps("query_timestamps", query_timestamps, (N,), "(N,)")
+        if N and int(state.position.max()) >= self.config.max_positions:
+            raise ValueError(
+                f"a user would reach position {int(state.position.max())}, beyond the model's position tables "
+                f"({self.config.max_positions} positions); re-prefill the most recent events instead"
+            )
+        item_ids = item_ids.long()
+        positions = state.position
+        x = self._embed(item_ids, positions)
+        feats = self.temporal.features(timestamps, query_timestamps, timestamps - state.last_timestamp)
+        for i, block in enumerate(self.blocks):
+            states = (state.retention[i], state.temporal[i], state.positional[i])
+            x = block.step(x, feats if self.config.use_temporal else None, positions, states,
+                           backend=self.config.backend)
+        state.last_timestamp.copy_(timestamps)
+        state.position.add_(1)
+        return l2_normalize(x), state
+
+    # ------------------------------------------------------------------ scoring and training
+    def item_vectors(self) -> torch.Tensor:
+        """L2-normalised item embeddings ``(num_items + 1, D)`` (row 0 is padding)."""
+        return l2_normalize(self.item_embedding.weight)
+
+    def score(self, user_vectors: torch.Tensor) -> torch.Tensor:
+        """Scores of every item, ``(B, num_items + 1)``: dot products with normalised items over tau."""
+        return user_vectors @ self.item_vectors().t() / self.config.temperature
+
+    def loss(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        lengths: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        target_ids: Optional[torch.Tensor] = None,
+        num_negatives: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Autoregressive sampled softmax (SPEC §6): position i predicts item i+1; the last event predicts
+        ``target_ids (B,)`` when given (the event at ``query_timestamps``). ``num_negatives`` uniform negatives
+        per position (default from the config); a negative equal to the positive is masked out. Returns the
+        mean over predicted positions."""
+        y = self.encode(item_ids, timestamps, lengths, query_timestamps)
+        B, T = item_ids.shape
+        targets = torch.cat([item_ids[:, 1:].long(), item_ids.new_zeros(B, 1).long()], dim=1)
+        last = (lengths.long() - 1)[:, None]
+        targets = targets.scatter(1, last, torch.zeros_like(last))  # the next id past a history is padding
+        if target_ids is not None:
+            check_item_ids("target_ids", target_ids, 1, self.config.num_items, "(B,)")
+            if tuple(target_ids.shape) != (B,):
+                raise ValueError(f"target_ids must have shape (B,)=({B},), got {tuple(target_ids.shape)}")
+            targets = targets.scatter(1, last, target_ids.long()[:, None])
+        mask = targets != 0
+        if not bool(mask.any()):
+            raise ValueError("loss needs at least one position with a next item (a history of 2+ events or target_ids)")
+        user = y[mask]  # (M, D)
+        pos = targets[mask]
+        n_neg = num_negatives if num_negatives is not None else self.config.num_negatives
+        neg = torch.randint(1, self.config.num_items + 1, (pos.numel(), n_neg), device=pos.device,
+                            generator=generator)
+        items = self.item_vectors()
+        pos_logit = (user * items[pos]).sum(-1, keepdim=True)
+        neg_logit = torch.einsum("md,mnd->mn", user, items[neg]).masked_fill(neg == pos[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
+        return F.cross_entropy(logits, torch.zeros_like(pos))
