@@ -1,0 +1,17 @@
+"""Full-catalogue ranking evaluation (rank of target, NDCG / HR / MRR)."""
+
+from .metrics import (
+    evaluate_full_ranking,
+    pad_exclusions,
+    rank_of_target,
+    rank_of_target_chunked,
+    ranking_metrics,
+)
+
+__all__ = [
+    "evaluate_full_ranking",
+    "pad_exclusions",
+    "rank_of_target",
+    "rank_of_target_chunked",
+    "ranking_metrics",
+]
