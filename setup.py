@@ -22,4 +22,5 @@ setup(
         "test": ["pytest", "pytest-benchmark"],
         "plot": ["matplotlib"],
     },
+    entry_points={"console_scripts": ["fuxi-linear=fuxi_linear.cli:main"]},
 )

@@ -14,11 +14,7 @@ from .decode_state import DecodeState
 from .history_inputs import check_history, check_item_ids, check_timestamps
 from .layers.block import FuXiLinearBlock
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
-
-
-def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``x / max(||x||_2, eps)`` over the last dimension."""
-    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+from .retrieval import l2_normalize, next_item_targets, sampled_softmax_loss
 
 
 class FuXiLinear(nn.Module):
@@ -221,25 +217,10 @@ class FuXiLinear(nn.Module):
         per position (default from the config); a negative equal to the positive is masked out. Returns the
         mean over predicted positions."""
         y = self.encode(item_ids, timestamps, lengths, query_timestamps)
-        B, T = item_ids.shape
-        targets = torch.cat([item_ids[:, 1:].long(), item_ids.new_zeros(B, 1).long()], dim=1)
-        last = (lengths.long() - 1)[:, None]
-        targets = targets.scatter(1, last, torch.zeros_like(last))  # the next id past a history is padding
-        if target_ids is not None:
-            check_item_ids("target_ids", target_ids, 1, self.config.num_items, "(B,)")
-            if tuple(target_ids.shape) != (B,):
-                raise ValueError(f"target_ids must have shape (B,)=({B},), got {tuple(target_ids.shape)}")
-            targets = targets.scatter(1, last, target_ids.long()[:, None])
+        targets = next_item_targets(item_ids, lengths, target_ids, self.config.num_items)
         mask = targets != 0
         if not bool(mask.any()):
             raise ValueError("loss needs at least one position with a next item (a history of 2+ events or target_ids)")
-        user = y[mask]  # (M, D)
-        pos = targets[mask]
-        n_neg = num_negatives if num_negatives is not None else self.config.num_negatives
-        neg = torch.randint(1, self.config.num_items + 1, (pos.numel(), n_neg), device=pos.device,
-                            generator=generator)
-        items = self.item_vectors()
-        pos_logit = (user * items[pos]).sum(-1, keepdim=True)
-        neg_logit = torch.einsum("md,mnd->mn", user, items[neg]).masked_fill(neg == pos[:, None], float("-inf"))
-        logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
-        return F.cross_entropy(logits, torch.zeros_like(pos))
+        n_neg = self.config.num_negatives if num_negatives is None else num_negatives
+        return sampled_softmax_loss(y[mask], targets[mask], self.item_vectors(), n_neg, self.config.temperature,
+                                    generator)

@@ -7,6 +7,7 @@ from .metrics import (
     rank_of_target_chunked,
     ranking_metrics,
 )
+from .popularity import most_popular_metrics, training_item_counts
 
 __all__ = [
     "evaluate_full_ranking",
@@ -14,4 +15,6 @@ __all__ = [
     "rank_of_target",
     "rank_of_target_chunked",
     "ranking_metrics",
+    "most_popular_metrics",
+    "training_item_counts",
 ]

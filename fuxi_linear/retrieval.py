@@ -1,0 +1,104 @@
+"""Retrieval pieces shared by every recommender here: L2-normalised vectors, the autoregressive targets and
+the sampled-softmax loss of SPEC §6 (position i predicts item i+1; uniform negatives; tau = 0.05)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .history_inputs import check_item_ids
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / max(||x||_2, eps)`` over the last dimension; zero rows stay zero. ``x: (..., D)``."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def sampled_softmax_loss(
+    user_vectors: torch.Tensor,
+    positive_ids: torch.Tensor,
+    item_vectors: torch.Tensor,
+    num_negatives: int,
+    temperature: float,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Sampled softmax with uniform negatives, independent of any model class.
+
+    Each row's logits are ``[u·e_pos, u·e_neg_1, ..., u·e_neg_K] / temperature`` and the loss is the
+    cross-entropy of the positive (column 0), averaged over rows. Negatives are drawn uniformly from
+    ``1..N`` (row 0 of ``item_vectors`` is padding and is never drawn); a negative equal to the row's
+    positive gets logit ``-inf`` so the positive never competes with itself.
+
+    Args:
+        user_vectors: ``(M, D)`` float, usually L2-normalised.
+        positive_ids: ``(M,)`` int ids in ``[1, N]``.
+        item_vectors: ``(N + 1, D)`` float, usually L2-normalised; row 0 = padding.
+        num_negatives: K >= 1 negatives per row (sampled with replacement).
+        temperature: tau > 0.
+        generator: optional ``torch.Generator`` on the device of ``positive_ids`` for reproducible sampling.
+    Returns:
+        scalar loss tensor.
+    """
+    if not isinstance(user_vectors, torch.Tensor) or not user_vectors.is_floating_point() or user_vectors.ndim != 2:
+        raise TypeError(f"user_vectors must be a float tensor (M, D), got "
+                        f"{getattr(user_vectors, 'dtype', type(user_vectors).__name__)} "
+                        f"{tuple(getattr(user_vectors, 'shape', ()))}")
+    if not isinstance(item_vectors, torch.Tensor) or not item_vectors.is_floating_point() or item_vectors.ndim != 2:
+        raise TypeError("item_vectors must be a float tensor (N + 1, D)")
+    M, D = user_vectors.shape
+    if item_vectors.shape[1] != D or item_vectors.shape[0] < 2:
+        raise ValueError(f"item_vectors must have shape (N + 1, D={D}) with N >= 1, got {tuple(item_vectors.shape)}")
+    num_items = item_vectors.shape[0] - 1
+    check_item_ids("positive_ids", positive_ids, 1, num_items, "(M,)")
+    if positive_ids.shape[0] != M:
+        raise ValueError(f"positive_ids must have shape (M,)=({M},) to match user_vectors, got "
+                         f"{tuple(positive_ids.shape)}")
+    if M == 0:
+        raise ValueError("sampled_softmax_loss needs at least one row (M >= 1)")
+    if int(positive_ids.min()) < 1:
+        raise ValueError("positive_ids must be real items in [1, N], got padding id 0")
+    _positive_int("num_negatives", num_negatives)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+
+    pos = positive_ids.long()
+    neg = torch.randint(1, num_items + 1, (M, num_negatives), device=pos.device, generator=generator)
+    pos_logit = (user_vectors * item_vectors[pos]).sum(-1, keepdim=True)  # (M, 1)
+    # (M, K): gathering K rows per user is O(M K D), cheaper than scoring the whole catalogue.
+    neg_logit = torch.einsum("md,mkd->mk", user_vectors, item_vectors[neg])
+    neg_logit = neg_logit.masked_fill(neg == pos[:, None], float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros_like(pos))
+
+
+def next_item_targets(
+    item_ids: torch.Tensor, lengths: torch.Tensor, target_ids: Optional[torch.Tensor], num_items: int
+) -> torch.Tensor:
+    """Autoregressive targets ``(B, T)`` int64: position i predicts item i+1; a user's last event predicts
+    ``target_ids[b]`` when given, else nothing; 0 = no target (padding or the last event without a target).
+
+    Args:
+        item_ids: ``(B, T)`` right-padded ids. lengths: ``(B,)``. target_ids: ``(B,)`` ids in [1, num_items] or None.
+    """
+    B, T = item_ids.shape
+    targets = F.pad(item_ids[:, 1:].long(), (0, 1))  # shift left; the column past the end is padding
+    last = (lengths.long() - 1)[:, None]
+    fill = torch.zeros_like(last)
+    if target_ids is not None:
+        check_item_ids("target_ids", target_ids, 1, num_items, "(B,)")
+        if tuple(target_ids.shape) != (B,):
+            raise ValueError(f"target_ids must have shape (B,)=({B},), got {tuple(target_ids.shape)}")
+        if B and int(target_ids.min()) < 1:
+            raise ValueError("target_ids must be real items in [1, num_items], got padding id 0")
+        fill = target_ids.long()[:, None].to(item_ids.device)
+    # The id right after a history is padding (or garbage past the length): replace it by the target.
+    return targets.scatter(1, last, fill)
