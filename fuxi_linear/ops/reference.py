@@ -47,18 +47,19 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _prepare(q, k, v, g, g_gamma, initial_state, cu_seqlens):
     """Common normalisation: compute dtype, per-token log-decay, packed -> padded.
 
-    Returns padded ``q, k: (N, T, H, K)``, ``v: (N, T, H, V)``, ``g: (N, T, H)``, ``h0`` and the
+    Returns padded ``q, k: (N, T, H, K)``, ``v: (N, T, H, V)``, ``g: (N or 1, T, H)``, ``h0`` and the
     ``(seq_index, pos_index)`` pair that maps the packed rows back (or None when not packed).
     """
     B, T, H, _ = v.shape
     cdt = _compute_dtype(v.dtype)
     q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
+    # A decay shared by all sequences keeps batch size 1, so the decay tensors are built once, not per sequence.
     if g is not None:
         g = g.to(cdt)
     elif g_gamma is not None:
-        g = g_gamma.to(cdt).view(1, 1, H).expand(B, T, H)
+        g = g_gamma.to(cdt).view(1, 1, H).expand(1, T, H)
     else:
-        g = v.new_zeros(B, T, H)
+        g = v.new_zeros(1, T, H)
     if q.shape[0] != B:  # shared q/k: broadcast as a view, autograd sums the gradient over the batch
         q = q.expand(B, *q.shape[1:])
         k = k.expand(B, *k.shape[1:])
@@ -180,19 +181,16 @@ def chunk_decay_attention_reference(
     if pad:  # zero k/v and zero log-decay: padding changes neither outputs nor the final state
         q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
         g = torch.nn.functional.pad(g, (0, 0, 0, pad))
-    # (N, H, n, C, .) chunk views
-    qc = q.view(N, n, C, H, K).permute(0, 3, 1, 2, 4)
-    kc = k.view(N, n, C, H, K).permute(0, 3, 1, 2, 4)
-    vc = v.view(N, n, C, H, V).permute(0, 3, 1, 2, 4)
-    b = g.view(N, n, C, H).permute(0, 3, 1, 2).cumsum(-1)  # (N, H, n, C)
+    # (N, H, n, C, .) chunk views of head-major copies, so every product below is a contiguous batched matmul
+    qc, kc, vc = (x.transpose(1, 2).reshape(N, H, n, C, x.shape[-1]) for x in (q, k, v))
+    b = g.transpose(1, 2).reshape(g.shape[0], H, n, C).cumsum(-1)  # chunk-local cumulative decay, batch N or 1
     b_last = b[..., -1:]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     diff = torch.where(causal, b[..., :, None] - b[..., None, :], torch.full_like(b[..., :1, None], -float("inf")))
-    A = (qc @ kc.transpose(-1, -2)) * torch.exp(diff)
-    o = A @ vc  # intra-chunk part
+    o = ((qc @ kc.transpose(-1, -2)) * torch.exp(diff)) @ vc  # intra-chunk part
     # Local state of every chunk at once; then the inter-chunk recurrence is n cheap (K x V) updates.
     local = (kc * torch.exp(b_last - b)[..., None]).transpose(-1, -2) @ vc  # (N, H, n, K, V)
-    chunk_decay = torch.exp(b_last)[..., None]  # (N, H, n, 1, 1)
+    chunk_decay = torch.exp(b_last)[..., None]  # (N or 1, H, n, 1, 1)
     S = h0 if h0 is not None else q.new_zeros(N, H, K, V)
     entering = []
     for c in range(n):
@@ -200,7 +198,7 @@ def chunk_decay_attention_reference(
         S = chunk_decay[:, :, c] * S + local[:, :, c]
     S_in = torch.stack(entering, dim=2)  # state entering each chunk (N, H, n, K, V)
     o = o + (qc * torch.exp(b)[..., None]) @ S_in
-    o = (scale * o).permute(0, 2, 3, 1, 4).reshape(N, n * C, H, V)[:, :T]
+    o = (scale * o).reshape(N, H, n * C, V).transpose(1, 2)[:, :T]
     return _finish(o, S, index, out_dtype, output_final_state)
 
 

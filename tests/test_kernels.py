@@ -1,0 +1,345 @@
+"""Triton kernels of the decay-attention operator against the float64 math (SPEC §1).
+
+Without a GPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set below before Triton
+is imported), on CPU tensors, slow but exact; small shapes and chunk size 16 keep the file fast. With a GPU
+the same checks run compiled on CUDA, and the GPU-only tests (half precision, > 2^31 elements, no
+recompilation for a new T) run too.
+
+Every output buffer the wrapper allocates is filled with NaN first (``POISON_OUTPUTS``), so an element a
+kernel forgets to write fails the comparison.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
+
+import pytest  # noqa: E402
+
+from fuxi_linear.ops import (  # noqa: E402
+    chunk_decay_attention,
+    decay_attention_step,
+    decay_attention_step_reference,
+    parallel_decay_attention,
+)
+from fuxi_linear.ops import triton_decay_attention as tda  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+C = 16  # chunk length in these tests (the kernels take any power of two >= 16; production default 64)
+TOL = 1e-5  # relative RMS error of float32 kernels vs the float64 math
+gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _kernel_settings(monkeypatch):
+    monkeypatch.setattr(tda, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(tda, "FP32_DOT_PRECISION", "ieee")  # exact float32 products (the interpreter's anyway)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", C)
+    torch.manual_seed(0)
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||``; where the reference is exactly zero (e.g. the decay gradient of a sequence's
+    first token without initial state), the RMS of ``a`` itself (the data are O(1))."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.isfinite(a).all(), "non-finite values (an unwritten output element?)"
+    den = b.norm().item()
+    if den == 0.0:
+        return (a.norm() / max(a.numel(), 1) ** 0.5).item()
+    return ((a - b).norm() / den).item()
+
+
+def make_inputs(B, T, H, K, V, mode, h0=False, shared_qk=False, n_states=None, dtype=torch.float32):
+    Bq = 1 if shared_qk else B
+    x = dict(
+        q=torch.randn(Bq, T, H, K, dtype=dtype),
+        k=torch.randn(Bq, T, H, K, dtype=dtype),
+        v=torch.randn(B, T, H, V, dtype=dtype),
+    )
+    if mode == "g":
+        x["g"] = -0.6 * torch.rand(B, T, H, dtype=dtype)
+    elif mode == "gamma":
+        x["g_gamma"] = -0.3 * torch.rand(H, dtype=dtype) - 0.02
+    if h0:
+        x["initial_state"] = torch.randn(n_states or B, H, K, V, dtype=dtype)
+    return {n: t.to(DEVICE) for n, t in x.items()}
+
+
+def check_against_math(inputs, cu_seqlens=None, scale=1.0, output_final_state=True, tol=TOL):
+    """Outputs, final state and the gradient of every input of the kernels vs float64 autograd."""
+    tri = {n: t.clone().requires_grad_() for n, t in inputs.items()}
+    o, ht = chunk_decay_attention(
+        **tri, scale=scale, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend="triton"
+    )
+    do = torch.randn_like(o)
+    outs, grads = [o], [do]
+    if output_final_state:
+        assert ht.dtype == (torch.float64 if o.dtype == torch.float64 else torch.float32)
+        outs.append(ht)
+        grads.append(torch.randn_like(ht))
+    else:
+        assert ht is None
+    torch.autograd.backward(outs, grads)
+
+    ref = {n: t.detach().double().requires_grad_() for n, t in inputs.items()}
+    o2, ht2 = parallel_decay_attention(
+        **ref, scale=scale, output_final_state=output_final_state, cu_seqlens=cu_seqlens
+    )
+    outs2 = [o2] + ([ht2] if output_final_state else [])
+    torch.autograd.backward(outs2, [x.double() for x in grads])
+
+    errors = {"o": rel_rms(o, o2)}
+    if output_final_state:
+        errors["final_state"] = rel_rms(ht, ht2)
+    for name in inputs:
+        assert tri[name].grad is not None, f"no gradient for {name}"
+        assert tri[name].grad.shape == inputs[name].shape and tri[name].grad.dtype == inputs[name].dtype
+        errors["d" + name] = rel_rms(tri[name].grad, ref[name].grad)
+    tols = {n: (tol.get(n, tol["default"]) if isinstance(tol, dict) else tol) for n in errors}
+    bad = {n: e for n, e in errors.items() if not e <= tols[n]}
+    assert not bad, f"relative RMS errors above {tol}: {bad} (all: {errors})"
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------- prefill
+
+@pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
+@pytest.mark.parametrize("T", [1, C - 1, C, C + 1, 3 * C + 5])
+@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+def test_prefill_fwd_bwd(mode, T, h0):
+    check_against_math(make_inputs(2, T, 2, 2, 8, mode, h0=h0))
+
+
+@pytest.mark.parametrize("mode", ["g", "gamma"])
+def test_prefill_without_final_state_and_scale(mode):
+    check_against_math(make_inputs(2, 2 * C + 3, 2, 2, 8, mode, h0=True), scale=0.37, output_final_state=False)
+
+
+@pytest.mark.parametrize(
+    "H,K,V", [(4, 32, 32), (1, 32, 128), (16, 2, 8), (3, 5, 20)], ids=["H4K32V32", "H1K32V128", "H16K2V8", "odd"]
+)
+def test_prefill_head_dims(H, K, V):
+    check_against_math(make_inputs(2, 2 * C + 5, H, K, V, "g", h0=True))
+    check_against_math(make_inputs(1, C + 3, H, K, V, "gamma"))
+
+
+@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
+def test_prefill_varlen(mode, h0):
+    lengths = [1, C + 1, 1, 2 * C + 7, C, 3]
+    cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
+    inputs = make_inputs(1, sum(lengths), 2, 2, 8, mode, h0=h0, n_states=len(lengths))
+    check_against_math(inputs, cu_seqlens=cu)
+
+
+def test_prefill_varlen_all_length_one():
+    cu = torch.arange(6, device=DEVICE, dtype=torch.int64)
+    check_against_math(make_inputs(1, 5, 2, 2, 8, "g", h0=True, n_states=5), cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("mode", ["none", "g"])
+def test_prefill_shared_qk(mode):
+    """q/k of batch size 1 serve B=3 sequences: read with batch stride 0, gradient summed over the batch."""
+    inputs = make_inputs(3, 2 * C + 3, 1, 32, 40, mode, h0=True, shared_qk=True)
+    check_against_math(inputs)
+
+
+def test_prefill_default_chunk_64(monkeypatch):
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    check_against_math(make_inputs(1, 3 * 64 + 5, 2, 2, 8, "g", h0=True))
+
+
+# Bounds for half-precision inputs (outputs and gradients are rounded to the input dtype; the decay gradients
+# are differences of nearly cancelling terms). Measured at the GPU test's shapes with the interpreter made to
+# imitate TF32 products (operands rounded to 10 mantissa bits): bf16 <= 3.3e-3 (outputs, dq/dk/dv, dg) and
+# 8.7e-3 (dg_gamma); fp16 <= 3.0e-4, 1.4e-3 (dg), 1.3e-2 (dg_gamma); float32 with "tf32x3": <= 4.4e-7,
+# 3.7e-6 (dg), 1.2e-5 (dg_gamma). The bounds leave about 3x headroom.
+HALF_TOL = {
+    torch.bfloat16: {"default": 1e-2, "dg_gamma": 4e-2},
+    torch.float16: {"default": 1.5e-3, "dg": 5e-3, "dg_gamma": 4e-2},
+}
+
+
+@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_prefill_half_precision(dtype, mode):
+    """Half inputs: fp32 accumulation inside, outputs and q/k/v gradients in the input dtype."""
+    x = make_inputs(2, 2 * C + 5, 2, 4, 20, mode, h0=True, dtype=dtype)
+    check_against_math(x, tol=HALF_TOL[dtype])
+
+
+def test_prefill_float64_exact():
+    """Float64 inputs run the kernels in float64: agreement with the math to ~1e-12."""
+    inputs = make_inputs(2, 2 * C + 3, 2, 4, 20, "g", h0=True, dtype=torch.float64)
+    check_against_math(inputs, tol=1e-11)
+
+
+def test_prefill_bad_arguments():
+    inputs = make_inputs(1, 4, 1, 2, 8, "none")
+    with pytest.raises(ValueError, match="chunk_size"):
+        tda.chunk_decay_attention_triton(**inputs, chunk_size=24)
+    big = make_inputs(1, 4, 1, 200, 8, "none")
+    with pytest.raises(ValueError, match="head dims"):
+        tda.chunk_decay_attention_triton(**big)
+
+
+# ----------------------------------------------------------------------------------------------- decode
+
+@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("pool", [False, True], ids=["direct", "pool"])
+def test_step_matches_reference(mode, pool):
+    N, H, K, V, P = 4, 2, 32, 72, 7
+    x = make_inputs(N, 1, H, K, V, mode)
+    q, k, v = x["q"][:, 0], x["k"][:, 0], x["v"][:, 0]
+    g = x["g"][:, 0] if mode == "g" else None
+    g_gamma = x.get("g_gamma")
+    idx = torch.tensor([5, 0, 3, 6], device=DEVICE, dtype=torch.int32) if pool else None
+    state = torch.randn(P if pool else N, H, K, V, device=DEVICE)
+    expected = state.double().clone()
+    o_ref, _ = decay_attention_step_reference(
+        q.double(), k.double(), v.double(), expected, g=None if g is None else g.double(),
+        g_gamma=None if g_gamma is None else g_gamma.double(), state_indices=idx, scale=0.5,
+    )
+    ptr = state.data_ptr()
+    o, out_state = decay_attention_step(
+        q, k, v, state, g=g, g_gamma=g_gamma, state_indices=idx, scale=0.5, backend="triton"
+    )
+    assert out_state is state and state.data_ptr() == ptr
+    assert o.shape == (N, H, V) and o.dtype == v.dtype
+    assert rel_rms(o, o_ref) <= TOL
+    assert rel_rms(state, expected) <= TOL
+    if pool:  # rows not named by state_indices are untouched (bit for bit)
+        untouched = [1, 2, 4]
+        assert torch.equal(state[untouched].double(), expected[untouched])
+
+
+def test_step_strided_state():
+    """The state may be a strided view (e.g. a slice of a larger cache): updated in place through it."""
+    N, H, K, V = 3, 2, 2, 8
+    cache = torch.randn(N, H, K, V + 5, device=DEVICE)
+    state = cache[..., :V]
+    before_tail = cache[..., V:].clone()
+    x = make_inputs(N, 1, H, K, V, "g")
+    q, k, v, g = x["q"][:, 0], x["k"][:, 0], x["v"][:, 0], x["g"][:, 0]
+    expected = state.double().clone()
+    o_ref, _ = decay_attention_step_reference(q.double(), k.double(), v.double(), expected, g=g.double())
+    o, _ = decay_attention_step(q, k, v, state, g=g, backend="triton")
+    assert rel_rms(o, o_ref) <= TOL and rel_rms(cache[..., :V], expected) <= TOL
+    assert torch.equal(cache[..., V:], before_tail)
+
+
+@pytest.mark.parametrize("mode", ["g", "gamma"])
+def test_decode_after_prefill_equals_longer_prefill(mode):
+    B, T, H, K, V = 2, 2 * C + 3, 2, 2, 8
+    x = make_inputs(B, T + 2, H, K, V, mode, h0=True)
+    full_o, full_state = chunk_decay_attention(**x, output_final_state=True, backend="triton")
+    part = {n: (t[:, :T] if n in ("q", "k", "v", "g") else t) for n, t in x.items()}
+    o, state = chunk_decay_attention(**part, output_final_state=True, backend="triton")
+    assert rel_rms(o, full_o[:, :T]) <= TOL
+    for t in (T, T + 1):
+        step_o, _ = decay_attention_step(
+            x["q"][:, t], x["k"][:, t], x["v"][:, t], state,
+            g=x["g"][:, t] if mode == "g" else None, g_gamma=x.get("g_gamma"), backend="triton",
+        )
+        assert rel_rms(step_o, full_o[:, t]) <= TOL
+    assert rel_rms(state, full_state) <= TOL
+
+
+# ---------------------------------------------------------------------------------------- torch.compile
+
+def test_torch_compile_prefill_and_step():
+    """The custom ops trace as graph nodes (fullgraph: no graph break), forward and backward."""
+    x = make_inputs(2, C + 5, 2, 2, 8, "gamma", h0=True)
+
+    def fn(q, k, v, g_gamma, initial_state):
+        o, ht = tda.chunk_decay_attention_triton(
+            q, k, v, g_gamma=g_gamma, initial_state=initial_state, output_final_state=True
+        )
+        return (o * o).sum() + ht.sum()
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    eager_in = {n: t.clone().requires_grad_() for n, t in x.items()}
+    comp_in = {n: t.clone().requires_grad_() for n, t in x.items()}
+    fn(**eager_in).backward()
+    compiled(**comp_in).backward()
+    for n in x:
+        assert rel_rms(comp_in[n].grad, eager_in[n].grad) <= 1e-6, n
+
+    def step(q, k, v, state, g):
+        o, _ = tda.decay_attention_step_triton(q, k, v, state, g=g)
+        return o * 2
+
+    s = make_inputs(3, 1, 2, 2, 8, "g")
+    args = [s["q"][:, 0], s["k"][:, 0], s["v"][:, 0]]
+    st_eager, st_comp = torch.randn(3, 2, 2, 8, device=DEVICE), None
+    st_comp = st_eager.clone()
+    out_eager = step(*args, st_eager, s["g"][:, 0])
+    out_comp = torch.compile(step, backend="aot_eager", fullgraph=True)(*args, st_comp, s["g"][:, 0])
+    assert rel_rms(out_comp, out_eager) <= 1e-6 and rel_rms(st_comp, st_eager) <= 1e-6
+
+
+def test_poisoned_allocation_is_active():
+    assert torch.isnan(tda._new((3,), torch.float32, DEVICE)).all()
+
+
+# --------------------------------------------------------------------------------------------- GPU only
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
+def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    x = make_inputs(4, 1000, 4, 32, 32, mode, h0=h0, dtype=dtype)
+    x["q"], x["k"] = x["q"] / 6, x["k"] / 6  # keeps the outputs O(1) over 1000 steps
+    errors = check_against_math(x, tol=HALF_TOL[dtype])
+    print(dtype, mode, errors)
+
+
+@gpu_only
+@pytest.mark.parametrize("mode", ["g", "gamma"])
+def test_gpu_float32_default_precision(mode, monkeypatch):
+    """float32 with the production default ("tf32x3" products; bounds from the TF32 imitation above)."""
+    monkeypatch.setattr(tda, "FP32_DOT_PRECISION", None)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    x = make_inputs(4, 1000, 4, 32, 32, mode, h0=True)
+    x["q"], x["k"] = x["q"] / 6, x["k"] / 6
+    errors = check_against_math(x, tol={"default": 2e-6, "dg": 2e-5, "dg_gamma": 6e-5})
+    print(mode, errors)
+
+
+@gpu_only
+def test_gpu_no_recompile_for_new_T(monkeypatch):
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    kern = tda.decay_attn_fwd_kernel
+    chunk_decay_attention(**make_inputs(2, 100, 2, 2, 8, "g"), backend="triton")
+    n_before = sum(len(c[0]) for c in kern.device_caches.values())
+    for T in (1, 64, 129, 1000, 4097):
+        chunk_decay_attention(**make_inputs(2, T, 2, 2, 8, "g"), backend="triton")
+    assert sum(len(c[0]) for c in kern.device_caches.values()) == n_before
+
+
+@gpu_only
+def test_gpu_more_than_2_31_elements(monkeypatch):
+    """v and o with more than 2^31 elements (int64 offsets); checked on the last sequences only."""
+    monkeypatch.setattr(tda, "POISON_OUTPUTS", False)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    free, _ = torch.cuda.mem_get_info()
+    B, T, H, K, V = 1025, 8192, 1, 2, 256  # v: 2^31 + 2^21 elements, 4.3 GB in bf16
+    if free < 16 * 2**30:
+        pytest.skip("not enough GPU memory")
+    v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+    assert v.numel() > 2**31
+    q = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16) / 8
+    g = -0.05 * torch.rand(B, T, H, device="cuda")
+    o, ht = chunk_decay_attention(q, k, v, g=g.to(torch.bfloat16), output_final_state=True, backend="triton")
+    tail = slice(B - 2, B)
+    o2, ht2 = parallel_decay_attention(
+        q[tail].double(), k[tail].double(), v[tail].double(), g=g.to(torch.bfloat16)[tail].double(),
+        output_final_state=True,
+    )
+    assert rel_rms(o[tail], o2) <= 2e-2
+    assert rel_rms(ht[tail], ht2) <= 2e-2
