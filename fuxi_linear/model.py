@@ -2,8 +2,7 @@
 sampled-softmax training and O(1)-per-event decode."""
 from __future__ import annotations
 
-import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -14,10 +13,10 @@ from .decode_state import DecodeState
 from .history_inputs import check_history, check_item_ids, check_timestamps
 from .layers.block import FuXiLinearBlock
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
-from .retrieval import l2_normalize, next_item_targets, sampled_softmax_loss
+from .retrieval import SequentialRetrievalMixin, l2_normalize
 
 
-class FuXiLinear(nn.Module):
+class FuXiLinear(SequentialRetrievalMixin, nn.Module):
     """FuXi-Linear sequential recommender.
 
     Histories are right-padded: ``item_ids (B, T)`` int64 with 0 after each user's ``lengths[b]`` events,
@@ -32,11 +31,7 @@ class FuXiLinear(nn.Module):
         self.config = config
         c = config
         D = c.embedding_dim
-        self.item_embedding = nn.Embedding(c.num_items + 1, D)
-        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
-        self.position_embedding = nn.Embedding(c.absolute_position_table_size, D)
-        nn.init.xavier_normal_(self.position_embedding.weight)
-        self.input_dropout = nn.Dropout(c.dropout)
+        self._init_input_layer(c.num_items, D, c.absolute_position_table_size, c.dropout)
         periods = (torch.tensor(c.temporal_periods, dtype=torch.int64) if c.temporal_periods is not None else
                    temporal_periods(c.temporal_base, c.temporal_start, c.temporal_stride, c.temporal_num_periods))
         self.temporal = TemporalEncoding(periods, c.learn_temporal_decay, c.temporal_max_log_decay)
@@ -47,11 +42,6 @@ class FuXiLinear(nn.Module):
         )
 
     # ------------------------------------------------------------------ inputs
-    def _embed(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``sqrt(D) E_item[id] + P_abs[pos]``, dropout, zeroed at padding (id 0)."""
-        x = math.sqrt(self.config.embedding_dim) * self.item_embedding(item_ids) + self.position_embedding(positions)
-        return self.input_dropout(x) * (item_ids != 0).unsqueeze(-1).to(x.dtype)
-
     def _check(self, item_ids, timestamps, lengths, query_timestamps) -> None:
         check_history(item_ids, timestamps, lengths, query_timestamps, self.config.num_items,
                       self.config.max_positions)
@@ -192,35 +182,3 @@ class FuXiLinear(nn.Module):
         state.last_timestamp.copy_(timestamps)
         state.position.add_(1)
         return l2_normalize(x), state
-
-    # ------------------------------------------------------------------ scoring and training
-    def item_vectors(self) -> torch.Tensor:
-        """L2-normalised item embeddings ``(num_items + 1, D)`` (row 0 is padding)."""
-        return l2_normalize(self.item_embedding.weight)
-
-    def score(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        """Scores of every item, ``(B, num_items + 1)``: dot products with normalised items over tau."""
-        return user_vectors @ self.item_vectors().t() / self.config.temperature
-
-    def loss(
-        self,
-        item_ids: torch.Tensor,
-        timestamps: torch.Tensor,
-        lengths: torch.Tensor,
-        query_timestamps: torch.Tensor,
-        target_ids: Optional[torch.Tensor] = None,
-        num_negatives: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Autoregressive sampled softmax (SPEC §6): position i predicts item i+1; the last event predicts
-        ``target_ids (B,)`` when given (the event at ``query_timestamps``). ``num_negatives`` uniform negatives
-        per position (default from the config); a negative equal to the positive is masked out. Returns the
-        mean over predicted positions."""
-        y = self.encode(item_ids, timestamps, lengths, query_timestamps)
-        targets = next_item_targets(item_ids, lengths, target_ids, self.config.num_items)
-        mask = targets != 0
-        if not bool(mask.any()):
-            raise ValueError("loss needs at least one position with a next item (a history of 2+ events or target_ids)")
-        n_neg = self.config.num_negatives if num_negatives is None else num_negatives
-        return sampled_softmax_loss(y[mask], targets[mask], self.item_vectors(), n_neg, self.config.temperature,
-                                    generator)

@@ -2,9 +2,11 @@
 the sampled-softmax loss of SPEC §6 (position i predicts item i+1; uniform negatives; tau = 0.05)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .history_inputs import check_item_ids
@@ -102,3 +104,57 @@ def next_item_targets(
         fill = target_ids.long()[:, None].to(item_ids.device)
     # The id right after a history is padding (or garbage past the length): replace it by the target.
     return targets.scatter(1, last, fill)
+
+
+class SequentialRetrievalMixin:
+    """Input layer, item scoring and training loss shared by every sequential recommender here.
+
+    The host ``nn.Module`` calls :meth:`_init_input_layer` in its ``__init__``, provides ``encode`` and a
+    ``config`` with ``embedding_dim``, ``num_items``, ``temperature`` and ``num_negatives``.
+    """
+
+    def _init_input_layer(self, num_items: int, dim: int, num_positions: int, dropout: float) -> None:
+        """Item table ``(num_items + 1, D)`` (truncated normal, std 0.02), learned absolute positions
+        ``(num_positions, D)`` (xavier normal), input dropout."""
+        self.item_embedding = nn.Embedding(num_items + 1, dim)
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        self.position_embedding = nn.Embedding(num_positions, dim)
+        nn.init.xavier_normal_(self.position_embedding.weight)
+        self.input_dropout = nn.Dropout(dropout)
+
+    def _embed(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``sqrt(D) E_item[id] + P_abs[pos]``, dropout, zeroed at padding (id 0). ids and positions of
+        broadcastable shapes ``S`` -> ``(*S, D)``."""
+        x = math.sqrt(self.config.embedding_dim) * self.item_embedding(item_ids) + self.position_embedding(positions)
+        return self.input_dropout(x) * (item_ids != 0).unsqueeze(-1).to(x.dtype)
+
+    def item_vectors(self) -> torch.Tensor:
+        """L2-normalised item embeddings ``(num_items + 1, D)`` (row 0 is padding)."""
+        return l2_normalize(self.item_embedding.weight)
+
+    def score(self, user_vectors: torch.Tensor) -> torch.Tensor:
+        """Scores of every item, ``(B, num_items + 1)``: dot products with normalised items over tau."""
+        return user_vectors @ self.item_vectors().t() / self.config.temperature
+
+    def loss(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        lengths: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        target_ids: Optional[torch.Tensor] = None,
+        num_negatives: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Autoregressive sampled softmax (SPEC §6): position i predicts item i+1; the last event predicts
+        ``target_ids (B,)`` when given (the event at ``query_timestamps``). ``num_negatives`` uniform negatives
+        per position (default from the config); a negative equal to the positive is masked out. Returns the
+        mean over predicted positions."""
+        y = self.encode(item_ids, timestamps, lengths, query_timestamps)
+        targets = next_item_targets(item_ids, lengths, target_ids, self.config.num_items)
+        mask = targets != 0
+        if not bool(mask.any()):
+            raise ValueError("loss needs at least one position with a next item (a history of 2+ events or target_ids)")
+        n_neg = self.config.num_negatives if num_negatives is None else num_negatives
+        return sampled_softmax_loss(y[mask], targets[mask], self.item_vectors(), n_neg, self.config.temperature,
+                                    generator)

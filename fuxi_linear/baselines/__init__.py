@@ -12,8 +12,8 @@ from typing import Any, Dict, Tuple, Type
 
 import torch.nn as nn
 
-from .common import (BaselineConfig, KVCache, SequentialRecommenderBase, l2_normalize, next_item_targets,
-                     query_times, sampled_softmax_loss, time_bucket)
+from ..retrieval import l2_normalize, next_item_targets, sampled_softmax_loss
+from .common import BaselineConfig, KVCache, SequentialRecommenderBase, query_times, time_bucket
 from .fuxi_alpha import FuXiAlpha, FuXiAlphaConfig
 from .hstu import HSTU, HSTUConfig
 from .relative_bias import PointwiseAttentionConfig

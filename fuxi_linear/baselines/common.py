@@ -11,7 +11,6 @@ one new event per user.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -20,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..history_inputs import INT_DTYPES, check_history, check_item_ids, check_timestamps
-from ..retrieval import _positive_int, l2_normalize, next_item_targets, sampled_softmax_loss
+from ..retrieval import SequentialRetrievalMixin, _positive_int, l2_normalize
 
 #: Base of HSTU's logarithmic time buckets: ``floor(ln(max(|dt|, 1)) / TIME_BUCKET_LOG_BASE)`` (SPEC §9).
 TIME_BUCKET_LOG_BASE = 0.301
@@ -257,7 +256,7 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------------------------------- base model
-class SequentialRecommenderBase(nn.Module):
+class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
     """Embedding, input, loss and scoring shared by the baselines; the interface of ``FuXiLinear``.
 
     Histories are right-padded: ``item_ids (B, T)`` int64 with 0 after each user's ``lengths[b]`` events,
@@ -278,12 +277,7 @@ class SequentialRecommenderBase(nn.Module):
         if not isinstance(config, BaselineConfig):
             raise TypeError(f"config must be a BaselineConfig, got {type(config).__name__}")
         self.config = config
-        D = config.embedding_dim
-        self.item_embedding = nn.Embedding(config.num_items + 1, D)
-        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
-        self.position_embedding = nn.Embedding(config.max_positions, D)
-        nn.init.xavier_normal_(self.position_embedding.weight)
-        self.input_dropout = nn.Dropout(config.dropout)
+        self._init_input_layer(config.num_items, config.embedding_dim, config.max_positions, config.dropout)
 
     # ------------------------------------------------------------------ to implement
     def _forward(self, x: torch.Tensor, timestamps: torch.Tensor, query_times: torch.Tensor,
@@ -294,12 +288,6 @@ class SequentialRecommenderBase(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ inputs
-    def _embed(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``sqrt(D) E_item[id] + P_abs[pos]``, dropout, zeroed at padding (id 0). ids/positions: any equal
-        (broadcastable) shapes ``S`` -> ``(*S, D)``."""
-        x = math.sqrt(self.config.embedding_dim) * self.item_embedding(item_ids) + self.position_embedding(positions)
-        return self.input_dropout(x) * (item_ids != 0).unsqueeze(-1).to(x.dtype)
-
     def _prepare(self, item_ids, timestamps, lengths, query_timestamps):
         """Validate, drop columns past the longest history, and neutralise padded timestamps (so garbage
         there can never reach a bias table). Returns ``(x, ts, qt, lengths, used, T)``."""
@@ -446,35 +434,3 @@ class SequentialRecommenderBase(nn.Module):
         rows = torch.arange(cache.num_users, device=cache.device)
         cache.keys[layer, rows, :, cache.lengths] = k
         cache.values[layer, rows, :, cache.lengths] = v
-
-    # ------------------------------------------------------------------ scoring and training
-    def item_vectors(self) -> torch.Tensor:
-        """L2-normalised item embeddings ``(num_items + 1, D)`` (row 0 is padding)."""
-        return l2_normalize(self.item_embedding.weight)
-
-    def score(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        """Scores of every item, ``(B, num_items + 1)``: dot products with normalised items over tau."""
-        return user_vectors @ self.item_vectors().t() / self.config.temperature
-
-    def loss(
-        self,
-        item_ids: torch.Tensor,
-        timestamps: torch.Tensor,
-        lengths: torch.Tensor,
-        query_timestamps: torch.Tensor,
-        target_ids: Optional[torch.Tensor] = None,
-        num_negatives: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Autoregressive sampled softmax (SPEC §6): position i predicts item i+1; the last event predicts
-        ``target_ids (B,)`` when given (the event at ``query_timestamps``). ``num_negatives`` uniform
-        negatives per position (default from the config); a negative equal to the positive is masked out.
-        Returns the mean over predicted positions."""
-        y = self.encode(item_ids, timestamps, lengths, query_timestamps)
-        targets = next_item_targets(item_ids, lengths, target_ids, self.config.num_items)
-        mask = targets != 0
-        if not bool(mask.any()):
-            raise ValueError("loss needs at least one position with a next item (a history of 2+ events or target_ids)")
-        n_neg = self.config.num_negatives if num_negatives is None else num_negatives
-        return sampled_softmax_loss(y[mask], targets[mask], self.item_vectors(), n_neg, self.config.temperature,
-                                    generator)
