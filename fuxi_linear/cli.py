@@ -10,6 +10,16 @@ from .data import DATASET_NAMES
 from .training import MODEL_NAMES, PRESETS, TrainConfig, evaluate_checkpoint, train
 
 
+def _int_list(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's configuration for a dataset; "
@@ -40,6 +50,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal-start", type=int)
     p.add_argument("--temporal-stride", type=int)
     p.add_argument("--temporal-num-periods", type=int)
+    p.add_argument("--temporal-periods", type=_int_list, help="explicit comma-separated periods in the data's "
+                   "time unit (instead of base/start/stride; synthetic data defaults to calendar periods)")
     p.add_argument("--fixed-temporal-decay", action="store_true", help="freeze gamma = 0.5 (FuXi-Linear)")
     p.add_argument("--no-temporal", action="store_true", help="ablation: switch the temporal channel off")
     p.add_argument("--backend", choices=("auto", "triton", "reference"))
@@ -57,7 +69,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
            "qk_dim", "dropout", "batch_size", "eval_batch_size", "lr", "num_negatives", "seed", "device", "output",
            "split", "train_stride", "mrr_cap", "temporal_base", "temporal_start", "temporal_stride",
-           "temporal_num_periods", "backend", "cache_dir", "k_core", "synthetic_users", "synthetic_items",
+           "temporal_num_periods", "temporal_periods", "backend", "cache_dir", "k_core", "synthetic_users", "synthetic_items",
            "synthetic_mean_events")
 
 
@@ -93,6 +105,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_eval.add_argument("--mrr-cap", type=int)
     p_eval.add_argument("--json", help="also write the metrics here")
     p_eval.add_argument("--no-progress", action="store_true")
+    from .benchmarking import add_bench_arguments, run_bench_command
+    from .demo import add_demo_arguments, run_demo_command
+
+    add_bench_arguments(sub.add_parser("bench", help="time prefill and decode of FuXi-Linear vs HSTU, FuXi-alpha "
+                                       "and SASRec (the paper's Figure 2)"))
+    add_demo_arguments(sub.add_parser("demo", help="train briefly on synthetic data, evaluate against the "
+                                      "most-popular baseline, then benchmark"))
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -104,6 +123,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.json:
                 with open(args.json, "w", encoding="utf-8") as f:
                     json.dump(result, f, indent=2)
+        elif args.command == "bench":
+            run_bench_command(args)
+        elif args.command == "demo":
+            run_demo_command(args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"fuxi-linear {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,232 @@
+"""`fuxi-linear bench` / `demo` and the timing library, on tiny settings (fast on a CPU).
+
+Timings themselves are not asserted (a shared CPU is too noisy): the tests check the rows, files and errors,
+and that FuXi-Linear's decode step is O(1) by construction — its state and the work of a step (FLOPs, tensor
+elements touched, ATen calls) are identical whatever the history length behind the state.
+"""
+import json
+import sys
+
+import pytest
+import torch
+
+from fuxi_linear import benchmarking
+from fuxi_linear.benchmarking import (BENCH_MODELS, BenchError, BenchSettings, build_bench_models, decode_call,
+                                      kv_cache_bytes_per_user, make_inputs, prefill_call, run_benchmark,
+                                      state_bytes_per_user, step_cost, time_call)
+from fuxi_linear.cli import main
+
+TINY = ["--device", "cpu", "--batch-size", "2", "--embedding-dim", "32", "--num-blocks", "1", "--num-heads", "2",
+        "--qk-dim", "8", "--warmup", "0", "--repeats", "2", "--decode-repeats", "2", "--threads", "1",
+        "--no-progress"]
+TINY_SETTINGS = dict(device="cpu", batch_size=2, embedding_dim=32, num_blocks=1, num_heads=2, qk_dim=8, warmup=0,
+                     repeats=1, decode_repeats=1, threads=1, progress=False)
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_bench_writes_rows_table_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "rows.json", tmp_path / "fig.png"
+    argv = ["bench", *TINY, "--seq-lens", "16,8", "--json", str(out)]
+    if _has_matplotlib():
+        argv += ["--plot", str(png)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert {(r["model"], r["stage"], r["seq_len"]) for r in rows} == {
+        (m, st, T) for m in BENCH_MODELS for st in ("prefill", "decode") for T in (8, 16)}
+    assert len(rows) == 16
+    for r in rows:
+        assert r["status"] == "ok" and r["ms"] > 0 and r["batch_size"] == 2
+        assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["repeats"] == 2
+        assert r["ms_q25"] <= r["ms"] <= r["ms_q75"]
+    nbytes = {(r["model"], r["seq_len"]): r["state_bytes_per_user"] for r in rows}
+    assert nbytes[("fuxi-linear", 8)] == nbytes[("fuxi-linear", 16)]
+    for m in ("hstu", "fuxi-alpha", "sasrec"):  # KV caches grow with the filled length, not the capacity
+        assert nbytes[(m, 16)] - nbytes[(m, 8)] == nbytes[(m, 8)] - 8  # 8 bytes: the length counter
+    text = capsys.readouterr().out
+    assert "machine: cpu" in text and "torch " in text and "threads" in text
+    assert "| decode | 16 |" in text and "× vs hstu" in text and "× vs sasrec" in text
+    if _has_matplotlib():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_without_fuxi_linear_has_no_speedups(capsys):
+    assert main(["bench", *TINY, "--seq-lens", "8", "--models", "sasrec,hstu"]) == 0
+    text = capsys.readouterr().out
+    assert "| hstu ms | sasrec ms |" in text and "×" not in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "fuxi-linear,transformer"], "unknown model name(s) 'transformer'"),
+    (["--models", ""], "--models"),
+    (["--seq-lens", "64,abc"], "'abc'"),
+    (["--seq-lens", "0,64"], "positive"),
+    (["--seq-lens", ""], "--seq-lens"),
+    (["--dtype", "fp8"], "--dtype must be one of fp32, bf16, fp16"),
+    (["--batch-size", "0"], "--batch-size must be a positive int"),
+    (["--embedding-dim", "40", "--num-heads", "4"], "multiple of 16"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda"),
+])
+def test_bad_flags_give_clear_errors(argv, message, capsys):
+    assert main(["bench", "--device", "cpu", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_on_a_cpu_without_native_kernels_is_an_error(dtype, monkeypatch, capsys):
+    monkeypatch.setattr(benchmarking, "half_precision_supported", lambda device, dt: dt == torch.float32)
+    assert main(["bench", "--device", "cpu", "--dtype", dtype]) == 2
+    err = capsys.readouterr().err
+    assert f"--dtype {dtype} is not supported" in err and "CUDA" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_requested_without_cuda(capsys):
+    assert main(["bench", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_fails_before_measuring(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(benchmarking, "run_benchmark", lambda *a, **k: pytest.fail("measured before the check"))
+    assert main(["bench", *TINY, "--seq-lens", "8", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_out_of_memory_is_skipped_not_fatal(monkeypatch):
+    real = benchmarking.prefill_call
+
+    def prefill(model, inputs, capacity=None):
+        if type(model).__name__ == "HSTU" and inputs.item_ids.shape[1] >= 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real(model, inputs, capacity)
+
+    monkeypatch.setattr(benchmarking, "prefill_call", prefill)
+    messages = []
+    result = run_benchmark(BenchSettings(seq_lens=[8, 16, 32], models=["fuxi-linear", "hstu"], **TINY_SETTINGS),
+                           log=messages.append)
+    hstu = {(r["stage"], r["seq_len"]): r for r in result.rows if r["model"] == "hstu"}
+    assert hstu[("prefill", 8)]["status"] == "ok" and hstu[("decode", 8)]["status"] == "ok"
+    assert hstu[("prefill", 16)]["status"] == "out of memory" and hstu[("decode", 16)]["ms"] is None
+    assert hstu[("prefill", 32)]["status"].startswith("skipped")
+    assert all(r["status"] == "ok" for r in result.rows if r["model"] == "fuxi-linear")
+    assert any("out of memory" in m for m in messages)
+    assert "OOM" in benchmarking.format_report(result)
+
+
+def test_other_errors_propagate(monkeypatch):
+    def broken(model, inputs, capacity=None):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(benchmarking, "prefill_call", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        run_benchmark(BenchSettings(seq_lens=[8], models=["sasrec"], **TINY_SETTINGS))
+
+
+def test_time_call_excludes_warmup_and_setup():
+    calls = []
+    times = time_call(lambda x: calls.append(("call", x)), "cpu", warmup=2, repeats=3,
+                      setup=lambda: (calls.append(("setup", None)) or (len(calls),)))
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert [c[0] for c in calls] == ["setup", "call"] * 5  # a fresh setup before every call, warm-up included
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    settings = BenchSettings(seq_lens=[16, 64], **TINY_SETTINGS).resolve()
+    return settings, build_bench_models(settings)
+
+
+def _prefilled(settings, model, T):
+    inputs = make_inputs(settings.batch_size, T, settings.num_items, settings.seed)
+    with torch.inference_mode():
+        _, state = prefill_call(model, inputs, T + 4)
+    return inputs, state
+
+
+def test_fuxi_linear_decode_is_constant_in_the_history_length(tiny_models):
+    settings, models = tiny_models
+    model = models["fuxi-linear"]
+    (in16, s16), (in64, s64) = _prefilled(settings, model, 16), _prefilled(settings, model, 64)
+    assert [t.shape for t in s16.tensors()] == [t.shape for t in s64.tensors()]
+    assert s16.nbytes_per_user() == s64.nbytes_per_user() == state_bytes_per_user(s64, 64)
+    with torch.inference_mode():
+        cost16 = step_cost(lambda: decode_call(model, s16, in16))
+        cost64 = step_cost(lambda: decode_call(model, s64, in64))
+    assert cost16 == cost64  # same FLOPs, tensor elements and ATen calls at T=16 and T=64
+    assert cost16["flops"] > 0 and cost16["ops"] > 0
+
+
+@pytest.mark.parametrize("name", ["hstu", "fuxi-alpha", "sasrec"])
+def test_kv_cache_decode_grows_with_the_history(tiny_models, name):
+    """The same counter sees the baselines' O(T) step: the check above is not vacuous."""
+    settings, models = tiny_models
+    model = models[name]
+    (in16, c16), (in64, c64) = _prefilled(settings, model, 16), _prefilled(settings, model, 64)
+    with torch.inference_mode():
+        cost16 = step_cost(lambda: decode_call(model, c16, in16))
+        cost64 = step_cost(lambda: decode_call(model, c64, in64))
+    assert cost64["flops"] > cost16["flops"] and cost64["elements"] > cost16["elements"]
+
+
+def test_kv_cache_bytes_count_the_filled_length_not_the_capacity(tiny_models):
+    settings, models = tiny_models
+    inputs = make_inputs(2, 16, settings.num_items)
+    with torch.inference_mode():
+        _, cache = prefill_call(models["hstu"], inputs, capacity=40)
+    L, H, dqk, dv = settings.num_blocks, settings.num_heads, settings.qk_dim, settings.embedding_dim // 2
+    expected = 16 * (L * H * (dqk + dv) * 4 + 8) + 8  # fp32 keys/values, int64 timestamps, the length
+    assert kv_cache_bytes_per_user(cache, 16) == expected
+    assert cache.nbytes_per_user() > expected  # KVCache counts its 40 preallocated slots
+
+
+def test_settings_defaults_follow_the_device():
+    s = BenchSettings(device="cpu").resolve()
+    assert s.seq_lens == [64, 128, 256, 512] and s.embedding_dim == 64
+    assert any("smaller than the paper" in n for n in s.notes)
+    assert s.max_seq_len >= 512 + s.warmup + s.decode_repeats
+    with pytest.raises(BenchError, match="--threads"):
+        BenchSettings(device="cpu", threads=0).resolve()
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def test_demo_end_to_end(tmp_path):
+    from fuxi_linear.demo import DemoSettings, run_demo
+
+    lines = []
+    settings = DemoSettings(output=str(tmp_path / "demo"), device="cpu", epochs=1, synthetic_users=60,
+                            synthetic_items=80, synthetic_mean_events=30, max_seq_len=20, embedding_dim=32,
+                            num_blocks=1, num_heads=2, batch_size=32, num_negatives=16, bench_seq_lens=(8, 16),
+                            bench_batch_size=2, bench_repeats=1, bench_decode_repeats=1, threads=1, progress=False,
+                            extra_train=dict(temporal_num_periods=4),
+                            extra_bench=dict(embedding_dim=32, num_blocks=1, num_heads=2, qk_dim=8, warmup=0))
+    summary = run_demo(settings, log=lines.append)
+    out = tmp_path / "demo"
+    assert (out / "train" / "metrics.json").is_file() and (out / "train" / "checkpoint.pt").is_file()
+    saved = json.loads((out / "demo.json").read_text())
+    for who in ("fuxi_linear", "most_popular"):
+        assert set(saved[who]) >= {"ndcg@10", "hr@10", "mrr"}
+        assert 0.0 <= saved[who]["ndcg@10"] <= 1.0
+    rows = json.loads((out / "bench.json").read_text())
+    assert len(rows) == 4 * 2 * 2 and summary["bench"]["rows"] == rows
+    if _has_matplotlib():
+        assert (out / "bench.png").is_file()
+    text = "\n".join(lines)
+    assert "| ndcg@10 |" in text and "most popular" in text and "machine: cpu" in text and "× vs hstu" in text
+
+
+def test_demo_cli_wiring(monkeypatch, tmp_path):
+    import fuxi_linear.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda s: seen.setdefault("settings", s))
+    assert main(["demo", "--output", str(tmp_path / "d"), "--epochs", "2", "--no-bench", "--no-progress"]) == 0
+    s = seen["settings"]
+    assert s.output == str(tmp_path / "d") and s.epochs == 2 and not s.bench and not s.progress
+    assert demo.DemoSettings().output == "runs/demo"
