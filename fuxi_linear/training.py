@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .data import DATASET_NAMES, default_temporal_periods, leave_one_out, load_dataset, make_loader
+from .data import DATASET_NAMES, SYNTHETIC_TEMPORAL_PERIODS, default_temporal_periods, leave_one_out, load_dataset, make_loader
 from .evaluation import evaluate_full_ranking
 
 MODEL_NAMES = ("fuxi-linear", "sasrec", "hstu", "fuxi-alpha")
@@ -75,6 +75,7 @@ class TrainConfig:
     temporal_start: Optional[int] = None
     temporal_stride: Optional[int] = None
     temporal_num_periods: Optional[int] = None
+    temporal_periods: Optional[tuple] = None  # explicit periods; synthetic data defaults to calendar periods
     learn_temporal_decay: bool = True
     use_temporal: bool = True
     positional_dim: int = 32
@@ -150,6 +151,11 @@ def model_kwargs(cfg: TrainConfig, num_items: int, timestamp_unit: str) -> Dict[
         kwargs["qk_dim"] = cfg.qk_dim
     if cfg.model == "fuxi-linear":
         periods = default_temporal_periods(timestamp_unit)
+        explicit = cfg.temporal_periods
+        if explicit is None and cfg.dataset == "synthetic" and cfg.temporal_base is None:
+            explicit = SYNTHETIC_TEMPORAL_PERIODS
+        if explicit is not None:
+            kwargs["temporal_periods"] = tuple(int(p) for p in explicit)
         kwargs.update(
             temporal_base=cfg.temporal_base if cfg.temporal_base is not None else periods["base"],
             temporal_start=cfg.temporal_start if cfg.temporal_start is not None else periods["start"],

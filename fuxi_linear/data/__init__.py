@@ -15,12 +15,13 @@ from .loaders import (
     load_recbole,
 )
 from .splits import LeaveOneOutSplits, SequenceDataset, collate_batch, leave_one_out, make_loader
-from .synthetic import SLOT_NAMES, make_synthetic_log, synthetic_item_topics, time_context
+from .synthetic import SLOT_NAMES, SYNTHETIC_TEMPORAL_PERIODS, make_synthetic_log, synthetic_item_topics, time_context
 
 __all__ = [
     "DATASET_NAMES",
     "DATASET_TIMESTAMP_UNITS",
     "SLOT_NAMES",
+    "SYNTHETIC_TEMPORAL_PERIODS",
     "VALID_TIMESTAMP_UNITS",
     "InteractionLog",
     "LeaveOneOutSplits",

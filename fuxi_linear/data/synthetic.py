@@ -53,10 +53,16 @@ from .interactions import InteractionLog
 
 __all__ = [
     "SLOT_NAMES",
+    "SYNTHETIC_TEMPORAL_PERIODS",
     "make_synthetic_log",
     "synthetic_item_topics",
     "time_context",
 ]
+
+#: Temporal-channel periods (seconds) matched to this generator's calendar: minute, 10 minutes, hour, the
+#: 6-hour slot, day, week, four weeks, year. The training defaults use them for the synthetic dataset, the way
+#: the paper picks periods per dataset (SPEC §3's base/start/stride rule gives none of a day or a week).
+SYNTHETIC_TEMPORAL_PERIODS: tuple[int, ...] = (60, 600, 3_600, 21_600, 86_400, 604_800, 2_419_200, 31_536_000)
 
 #: Names of the four daily slots (UTC hours [0, 6), [6, 12), [12, 18), [18, 24)).
 SLOT_NAMES: tuple[str, ...] = ("night", "morning", "afternoon", "evening")
