@@ -1,4 +1,4 @@
-"""Command line: ``fuxi-linear train | eval`` (also ``python -m fuxi_linear ...``)."""
+"""Command line: ``fuxi-linear train | eval | bench | demo`` (also ``python -m fuxi_linear ...``)."""
 from __future__ import annotations
 
 import argparse
