@@ -434,3 +434,38 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
         rows = torch.arange(cache.num_users, device=cache.device)
         cache.keys[layer, rows, :, cache.lengths] = k
         cache.values[layer, rows, :, cache.lengths] = v
+
+
+class PointwiseAttentionRecommender(SequentialRecommenderBase):
+    """Base of HSTU and FuXi-α: a stack of ``block_class`` blocks with quadratic pointwise attention over
+    relative-position and time-bucket biases (prefill in query chunks, decode over the KV cache).
+
+    Subclasses set ``config_class`` and ``block_class``; the block takes
+    ``(x, timestamps, query_times, cache, layer, query_chunk)`` and has
+    ``step(x, cache, layer, M, mask, rel, bucket)`` and a ``bias`` with ``step_indices``.
+    """
+
+    uses_time = True
+    config_class: type = BaselineConfig
+    block_class: type = nn.Module
+
+    def __init__(self, config: BaselineConfig):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        super().__init__(config)
+        self.blocks = nn.ModuleList(self.block_class(config) for _ in range(config.num_blocks))
+
+    def _forward(self, x, timestamps, query_times, cache):
+        B, T, _ = x.shape
+        chunk = auto_query_chunk(B, self.config.num_heads, T, self.config.query_chunk_size)
+        for i, block in enumerate(self.blocks):
+            x = block(x, timestamps, query_times, cache, i, chunk)
+        return x
+
+    def _step(self, x, cache, query_timestamps):
+        M, slots, mask = self._window(cache)
+        # Bias indices depend only on positions and times, not on the block: compute them once per step.
+        rel, bucket = self.blocks[0].bias.step_indices(query_timestamps, cache.lengths, cache.timestamps[:, :M], slots)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache, i, M, mask, rel, bucket)
+        return x

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.norms import layer_norm
-from .common import KVCache, SequentialRecommenderBase, auto_query_chunk, query_chunks
+from .common import KVCache, PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor
 
 
@@ -103,30 +103,10 @@ class HSTUBlock(nn.Module):
         return self._finish(x, u, av)
 
 
-class HSTU(SequentialRecommenderBase):
+class HSTU(PointwiseAttentionRecommender):
     """HSTU with FuXi-Linear's input layer, loss, scoring and serving interface (see
     :class:`fuxi_linear.baselines.common.SequentialRecommenderBase`). The user vector is the last block's
     output, L2-normalised (no final norm, as HSTU)."""
 
-    uses_time = True
-
-    def __init__(self, config: HSTUConfig):
-        if not isinstance(config, HSTUConfig):
-            raise TypeError(f"config must be an HSTUConfig, got {type(config).__name__}")
-        super().__init__(config)
-        self.blocks = nn.ModuleList(HSTUBlock(config) for _ in range(config.num_blocks))
-
-    def _forward(self, x, timestamps, query_times, cache):
-        B, T, _ = x.shape
-        chunk = auto_query_chunk(B, self.config.num_heads, T, self.config.query_chunk_size)
-        for i, block in enumerate(self.blocks):
-            x = block(x, timestamps, query_times, cache, i, chunk)
-        return x
-
-    def _step(self, x, cache, query_timestamps):
-        M, slots, mask = self._window(cache)
-        # Bias indices depend only on positions and times, not on the block: compute them once per step.
-        rel, bucket = self.blocks[0].bias.step_indices(query_timestamps, cache.lengths, cache.timestamps[:, :M], slots)
-        for i, block in enumerate(self.blocks):
-            x = block.step(x, cache, i, M, mask, rel, bucket)
-        return x
+    config_class = HSTUConfig
+    block_class = HSTUBlock
