@@ -58,6 +58,8 @@ def test_step_rejects():
         decay_attention_step(q, k, v, torch.zeros(2, 2, 3, 4, dtype=torch.float16))
     with pytest.raises(ValueError, match="state_indices must lie"):
         decay_attention_step(q, k, v, torch.zeros(3, 2, 3, 4), state_indices=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="distinct"):
+        decay_attention_step(q, k, v, torch.zeros(3, 2, 3, 4), state_indices=torch.tensor([1, 1]))
     with pytest.raises(ValueError, match=r"g must have shape \(N, H\)"):
         decay_attention_step(q, k, v, torch.zeros(2, 2, 3, 4), g=torch.zeros(2, 3))
 

@@ -127,6 +127,9 @@ def check_step_inputs(
             raise ValueError(f"state pool must have shape (P, H, K, V) with (H, K, V)={(H, K, V)}, got {tuple(state.shape)}")
         if N and (int(state_indices.min()) < 0 or int(state_indices.max()) >= state.shape[0]):
             raise ValueError(f"state_indices must lie in [0, {state.shape[0]}), got {state_indices.tolist()}")
+        if torch.unique(state_indices).numel() != N:
+            # two sequences writing one pool row in place would race (and the result would depend on order)
+            raise ValueError(f"state_indices must name distinct state rows, got {state_indices.tolist()}")
     if g is not None and g_gamma is not None:
         raise ValueError("pass either g (per sequence and head) or g_gamma (per head), not both")
     if g is not None:
