@@ -10,9 +10,9 @@ Three forms compute the same thing and are tested against each other in float64:
 * :func:`recurrent_decay_attention` — the recurrence above, one token at a time (the definition);
 * :func:`parallel_decay_attention` — ``o_t = scale * sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s`` with
   ``G = cumsum(g)``, a masked T x T matrix (quadratic memory, for tests);
-* :func:`chunk_decay_attention_reference` — the chunked form used as the CPU path and as the oracle of the
-  Triton kernels: every chunk's intra-chunk block and local state in one batched product, and only the
-  tiny state recurrence between chunks in a Python loop over T / C chunks.
+* :func:`chunk_decay_attention_reference` — the chunked form used as the CPU path: a loop over T / C chunks,
+  each chunk's intra-chunk block, inter-chunk term and state update as batched products over
+  (sequence, head).
 
 Layout (the flash-linear-attention layout): ``q, k: (B, T, H, K)``, ``v: (B, T, H, V)``, ``g: (B, T, H)``,
 ``g_gamma: (H,)``, states ``(N, H, K, V)`` in float32 (float64 for float64 inputs). ``q`` and ``k`` may have
@@ -31,6 +31,7 @@ import torch
 from .validation import check_chunk_inputs, check_step_inputs
 
 __all__ = [
+    "auto_chunk_size",
     "recurrent_decay_attention",
     "parallel_decay_attention",
     "chunk_decay_attention_reference",
@@ -149,6 +150,15 @@ def parallel_decay_attention(
     return _finish(scale * o, S, index, out_dtype, output_final_state)
 
 
+def auto_chunk_size(K: int, V: int, needs_grad: bool) -> int:
+    """Chunk length of the CPU path, from timings on a 2-core CPU at T = 1024-4096 (see the notes in
+    ``benchmarks/RESULTS.md``): tiny heads (the temporal channel, K x V <= 256) run best with C = 32; larger
+    heads with C = 128 in inference (bigger matmuls) and C = 64 when autograd must keep the chunk tensors."""
+    if K * V <= 256:
+        return 32
+    return 64 if needs_grad else 128
+
+
 def chunk_decay_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -159,7 +169,7 @@ def chunk_decay_attention_reference(
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
-    chunk_size: int = 64,
+    chunk_size: Optional[int] = None,
 ) -> Output:
     """Chunked form (chunk length C = ``chunk_size``), with chunk-local cumulative decay ``b``::
 
@@ -167,38 +177,52 @@ def chunk_decay_attention_reference(
         S_next = exp(b_C) S_prev + sum_s exp(b_C - b_s) k_s^T v_s
 
     Every exponent is <= 0 for ``g <= 0``. Shapes as in the module docstring; differentiable by autograd.
+    ``chunk_size=None`` picks C for speed on a CPU (:func:`auto_chunk_size`).
     """
     check_chunk_inputs(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(q.shape[-1], v.shape[-1], torch.is_grad_enabled() and any(
+            isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v, g, g_gamma, initial_state)))
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     out_dtype = v.dtype
+    # A per-head (or no) decay on unpacked input is the same in every chunk: its decay factors are built
+    # once per chunk length instead of once per chunk.
+    same_decay_every_chunk = g is None and cu_seqlens is None
     q, k, v, g, h0, index = _prepare(q, k, v, g, g_gamma, initial_state, cu_seqlens)
     N, T, H, K = q.shape
     V = v.shape[-1]
     C = min(chunk_size, T)
-    n = -(-T // C)
-    pad = n * C - T
-    if pad:  # zero k/v and zero log-decay: padding changes neither outputs nor the final state
-        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-        g = torch.nn.functional.pad(g, (0, 0, 0, pad))
-    # (N, H, n, C, .) chunk views of head-major copies, so every product below is a contiguous batched matmul
-    qc, kc, vc = (x.transpose(1, 2).reshape(N, H, n, C, x.shape[-1]) for x in (q, k, v))
-    b = g.transpose(1, 2).reshape(g.shape[0], H, n, C).cumsum(-1)  # chunk-local cumulative decay, batch N or 1
-    b_last = b[..., -1:]
+    # Chunks are visited one at a time: the working set stays a few (C x C) and (K x V) tiles per head, which
+    # on a CPU beats building the (T/C) x C x C decay tensors of all chunks at once (memory-bound).
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (N, H, T, .) views
+    gh = g.transpose(1, 2)  # (N or 1, H, T): a shared decay keeps batch 1 and is broadcast
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    diff = torch.where(causal, b[..., :, None] - b[..., None, :], torch.full_like(b[..., :1, None], -float("inf")))
-    o = ((qc @ kc.transpose(-1, -2)) * torch.exp(diff)) @ vc  # intra-chunk part
-    # Local state of every chunk at once; then the inter-chunk recurrence is n cheap (K x V) updates.
-    local = (kc * torch.exp(b_last - b)[..., None]).transpose(-1, -2) @ vc  # (N, H, n, K, V)
-    chunk_decay = torch.exp(b_last)[..., None]  # (N or 1, H, n, 1, 1)
+
+    def decay_factors(gc):
+        """For chunk log-decays ``gc (., H, c)``: exp(b_t - b_s) masked, exp(b_t), exp(b_c - b_s), exp(b_c)."""
+        b = gc.cumsum(-1)  # chunk-local cumulative log-decay
+        b_last = b[..., -1:]
+        mask = causal[: b.shape[-1], : b.shape[-1]]
+        diff = torch.where(mask, b[..., :, None] - b[..., None, :], torch.full_like(b[..., :1, None], -float("inf")))
+        return torch.exp(diff), torch.exp(b)[..., None], torch.exp(b_last - b)[..., None], torch.exp(b_last)[..., None]
+
+    cached = {}
     S = h0 if h0 is not None else q.new_zeros(N, H, K, V)
-    entering = []
-    for c in range(n):
-        entering.append(S)
-        S = chunk_decay[:, :, c] * S + local[:, :, c]
-    S_in = torch.stack(entering, dim=2)  # state entering each chunk (N, H, n, K, V)
-    o = o + (qc * torch.exp(b)[..., None]) @ S_in
-    o = (scale * o).reshape(N, H, n * C, V).transpose(1, 2)[:, :T]
+    outputs = []
+    # split (not slicing in a loop): its backward concatenates the chunk gradients once, where a slice's
+    # backward would write a full-length zero tensor per chunk
+    for qc, kc, vc, gc in zip(qh.split(C, 2), kh.split(C, 2), vh.split(C, 2), gh.split(C, 2)):
+        if same_decay_every_chunk:
+            if gc.shape[-1] not in cached:
+                cached[gc.shape[-1]] = decay_factors(gc)
+            intra, to_here, to_end, whole = cached[gc.shape[-1]]
+        else:
+            intra, to_here, to_end, whole = decay_factors(gc)
+        o = ((qc @ kc.transpose(-1, -2)) * intra) @ vc + (qc * to_here) @ S
+        S = whole * S + (kc * to_end).transpose(-1, -2) @ vc
+        outputs.append(o)
+    o = (scale * torch.cat(outputs, dim=2)).transpose(1, 2)
     return _finish(o, S, index, out_dtype, output_final_state)
 
 
