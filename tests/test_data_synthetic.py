@@ -50,7 +50,9 @@ def test_gap_statistics(default_log):
 
 
 def test_next_topic_depends_on_request_time(default_log):
-    """A time-aware heuristic predicts the held-out topic far better than time-blind ones."""
+    """A time-aware heuristic predicts the held-out topic far better than time-blind ones: after a break of
+    6 h or more it guesses the topic the user came back to before, otherwise the user's usual topic at that
+    time of day."""
     log = default_log
     topics = synthetic_item_topics(log.item_raw_ids[log.item_ids - 1], num_items=1000, num_topics=20)
     ctx = time_context(log.timestamps)
@@ -58,9 +60,15 @@ def test_next_topic_depends_on_request_time(default_log):
     for u in range(log.num_users):
         lo, hi = log.user_offsets[u], log.user_offsets[u + 1]
         t_hist, c_hist = topics[lo : hi - 1], ctx[lo : hi - 1]
+        gaps = np.diff(log.timestamps[lo:hi])
         target, query_ctx = topics[hi - 1], ctx[hi - 1]
-        same_ctx = t_hist[c_hist == query_ctx]
-        aware += np.bincount(same_ctx if same_ctx.size else t_hist).argmax() == target
+        comebacks = t_hist[1:][gaps[:-1] >= 6 * 3600]
+        if gaps[-1] >= 6 * 3600 and comebacks.size:
+            guess = np.bincount(comebacks).argmax()
+        else:
+            same_ctx = t_hist[c_hist == query_ctx]
+            guess = np.bincount(same_ctx if same_ctx.size else t_hist).argmax()
+        aware += guess == target
         last += t_hist[-1] == target
         majority += np.bincount(t_hist).argmax() == target
     n = log.num_users

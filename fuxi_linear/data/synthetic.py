@@ -30,7 +30,10 @@ all times are UTC unix seconds):
    moved to 07:00-09:00 the next morning, which yields ~8 h night gaps.
 4. **Item choice** for an event requested at time ``t``:
 
-   * topic: with probability ``p_context_topic`` the user's topic for the time
+   * topic: for the first event of a session that comes at least ``comeback_gap_s`` (6 h) after the
+     previous event, with probability ``p_comeback_topic`` the user's *home* topic (their first
+     favourite) — only the gap to the request time tells such a comeback from a continuation;
+     otherwise, with probability ``p_context_topic`` the user's topic for the time
      context of ``t``; otherwise a random favourite (half of the time) or a
      uniformly random topic;
    * item: inside a session, if the topic equals the previous event's topic,
@@ -151,6 +154,8 @@ def make_synthetic_log(
     p_night_skip: float = 0.9,
     p_context_topic: float = 0.85,
     p_neighbor: float = 0.6,
+    p_comeback_topic: float = 0.8,
+    comeback_gap_s: float = 6.0 * _HOUR,
     item_zipf_exponent: float = 1.0,
     start_timestamp: int = 1_609_718_400,  # Monday 2021-01-04 00:00:00 UTC
     name: str = "synthetic",
@@ -173,6 +178,10 @@ def make_synthetic_log(
         p_long_absence: probability that a session gap is a multi-day absence.
         p_night_skip: probability that a night-time session start is moved
             to the next morning.
+        p_comeback_topic: probability that the first event of a session that starts at least
+            ``comeback_gap_s`` after the previous event is from the user's home topic (their first
+            favourite): users coming back after a night or an absence start where they usually start.
+        comeback_gap_s: the break (seconds) after which a session counts as a comeback.
         p_context_topic: probability that an event's topic is the user's topic
             for the time context of its timestamp.
         p_neighbor: probability of moving to a ring neighbour of the previous
@@ -208,6 +217,8 @@ def make_synthetic_log(
     p_night_skip = _check_prob("p_night_skip", p_night_skip)
     p_context_topic = _check_prob("p_context_topic", p_context_topic)
     p_neighbor = _check_prob("p_neighbor", p_neighbor)
+    p_comeback_topic = _check_prob("p_comeback_topic", p_comeback_topic)
+    comeback_gap_s = _check_pos("comeback_gap_s", comeback_gap_s)
     if isinstance(item_zipf_exponent, bool) or not isinstance(item_zipf_exponent, (int, float)) or item_zipf_exponent < 0:
         raise ValueError(f"item_zipf_exponent must be >= 0, got {item_zipf_exponent!r}")
     if not isinstance(name, str):
@@ -248,12 +259,13 @@ def make_synthetic_log(
         # Pre-drawn uniforms keep the Python loop free of per-call RNG overhead.
         # Columns: 0 absence coin, 1 gap size, 2 night coin, 3 morning offset,
         # 4 session length, 5 context coin, 6 favourite coin, 7 topic pick,
-        # 8 neighbour coin, 9 Zipf rank, 10 neighbour step.
-        draws = rng.random((n_events, 11)).tolist()
+        # 8 neighbour coin, 9 Zipf rank, 10 neighbour step, 11 comeback coin.
+        draws = rng.random((n_events, 12)).tolist()
         t = start_timestamp + int(rng.integers(0, 14 * _DAY))
         items = np.empty(n_events, dtype=np.int64)
         times = np.empty(n_events, dtype=np.int64)
         left_in_session = 0
+        session_gap = 0
         prev_topic = -1
         prev_pos = -1
         for k in range(n_events):
@@ -265,11 +277,13 @@ def make_synthetic_log(
                         gap = int(_DAY * (1.5 + 8.5 * u[1]))
                     else:
                         gap = 1800 + int(-mean_session_gap_s * math.log1p(-u[1]))
+                    t_before = t
                     t += gap
                     sod = t % _DAY
                     if (sod >= _NIGHT_START_S or sod < _MORNING_S) and u[2] < p_night_skip:
                         day_start = t - sod + (_DAY if sod >= _NIGHT_START_S else 0)
                         t = day_start + _MORNING_S + int(2 * _HOUR * u[3])
+                    session_gap = t - t_before
                 if log_stay is None:
                     left_in_session = 1
                 else:
@@ -283,7 +297,9 @@ def make_synthetic_log(
             # Topic from the *request* time of this event.
             days = t // _DAY
             ctx = 4 * (((days + _EPOCH_WEEKDAY) % 7) >= 5) + (t - days * _DAY) // (6 * _HOUR)
-            if u[5] < p_context_topic:
+            if first_in_session and k > 0 and session_gap >= comeback_gap_s and u[11] < p_comeback_topic:
+                topic = fav_list[0]  # back after a long break: the user's home topic
+            elif u[5] < p_context_topic:
                 topic = context_topic[ctx]
             elif u[6] < 0.5:
                 topic = fav_list[int(u[7] * topics_per_user)]
