@@ -50,30 +50,32 @@ def test_gap_statistics(default_log):
 
 
 def test_next_topic_depends_on_request_time(default_log):
-    """A time-aware heuristic predicts the held-out topic far better than time-blind ones: after a break of
-    6 h or more it guesses the topic the user came back to before, otherwise the user's usual topic at that
-    time of day."""
+    """A heuristic that reads the gap to the request time predicts the held-out topic far better than
+    time-blind ones: in a session it keeps the previous topic, after a short break it guesses the topic the
+    user checked after earlier short breaks, after a long one the topic they came back to before."""
     log = default_log
     topics = synthetic_item_topics(log.item_raw_ids[log.item_ids - 1], num_items=1000, num_topics=20)
-    ctx = time_context(log.timestamps)
     aware = last = majority = 0
     for u in range(log.num_users):
         lo, hi = log.user_offsets[u], log.user_offsets[u + 1]
-        t_hist, c_hist = topics[lo : hi - 1], ctx[lo : hi - 1]
-        gaps = np.diff(log.timestamps[lo:hi])
-        target, query_ctx = topics[hi - 1], ctx[hi - 1]
-        comebacks = t_hist[1:][gaps[:-1] >= 6 * 3600]
-        if gaps[-1] >= 6 * 3600 and comebacks.size:
-            guess = np.bincount(comebacks).argmax()
+        t_hist = topics[lo : hi - 1]
+        gaps = np.diff(log.timestamps[lo:hi])  # gaps[j] = gap before event lo + j + 1
+        target = topics[hi - 1]
+        starts_after = t_hist[1:]
+        long_breaks = starts_after[gaps[:-1] >= 6 * 3600]
+        short_breaks = starts_after[(gaps[:-1] >= 1800) & (gaps[:-1] < 6 * 3600)]
+        if gaps[-1] >= 6 * 3600 and long_breaks.size:
+            guess = np.bincount(long_breaks).argmax()
+        elif gaps[-1] >= 1800 and short_breaks.size:
+            guess = np.bincount(short_breaks).argmax()
         else:
-            same_ctx = t_hist[c_hist == query_ctx]
-            guess = np.bincount(same_ctx if same_ctx.size else t_hist).argmax()
+            guess = t_hist[-1]
         aware += guess == target
         last += t_hist[-1] == target
         majority += np.bincount(t_hist).argmax() == target
     n = log.num_users
-    assert aware / n > 0.8
-    assert aware / n > last / n + 0.1
+    assert aware / n > 0.65
+    assert aware / n > last / n + 0.15
     assert aware / n > majority / n + 0.3
 
 

@@ -30,9 +30,10 @@ all times are UTC unix seconds):
    moved to 07:00-09:00 the next morning, which yields ~8 h night gaps.
 4. **Item choice** for an event requested at time ``t``:
 
-   * topic: for the first event of a session that comes at least ``comeback_gap_s`` (6 h) after the
-     previous event, with probability ``p_comeback_topic`` the user's *home* topic (their first
-     favourite) — only the gap to the request time tells such a comeback from a continuation;
+   * topic: for the first event of a session, with probability ``p_comeback_topic``, the break decides:
+     after at least ``comeback_gap_s`` (6 h) the user's *home* topic (first favourite), after a shorter
+     break their *quick-check* topic (second favourite) — only the gap to the request time tells a
+     comeback from a quick check from a continuation of the session;
      otherwise, with probability ``p_context_topic`` the user's topic for the time
      context of ``t``; otherwise a random favourite (half of the time) or a
      uniformly random topic;
@@ -147,7 +148,7 @@ def make_synthetic_log(
     topics_per_user: int = 4,
     events_spread: float = 0.4,
     min_events: int = 8,
-    mean_session_length: float = 3.0,
+    mean_session_length: float = 2.5,
     intra_session_gap_s: float = 180.0,
     mean_session_gap_s: float = 4.0 * _HOUR,
     p_long_absence: float = 0.04,
@@ -178,10 +179,10 @@ def make_synthetic_log(
         p_long_absence: probability that a session gap is a multi-day absence.
         p_night_skip: probability that a night-time session start is moved
             to the next morning.
-        p_comeback_topic: probability that the first event of a session that starts at least
-            ``comeback_gap_s`` after the previous event is from the user's home topic (their first
-            favourite): users coming back after a night or an absence start where they usually start.
-        comeback_gap_s: the break (seconds) after which a session counts as a comeback.
+        p_comeback_topic: probability that the first event of a session is chosen by the length of the
+            break before it: the user's home topic (first favourite) after a break of at least
+            ``comeback_gap_s``, their quick-check topic (second favourite) after a shorter one.
+        comeback_gap_s: the break (seconds) from which a session counts as a comeback.
         p_context_topic: probability that an event's topic is the user's topic
             for the time context of its timestamp.
         p_neighbor: probability of moving to a ring neighbour of the previous
@@ -297,8 +298,10 @@ def make_synthetic_log(
             # Topic from the *request* time of this event.
             days = t // _DAY
             ctx = 4 * (((days + _EPOCH_WEEKDAY) % 7) >= 5) + (t - days * _DAY) // (6 * _HOUR)
-            if first_in_session and k > 0 and session_gap >= comeback_gap_s and u[11] < p_comeback_topic:
-                topic = fav_list[0]  # back after a long break: the user's home topic
+            if first_in_session and k > 0 and u[11] < p_comeback_topic:
+                # the length of the break decides where a session starts: after a long one the user's home
+                # topic, after a short one their quick-check topic
+                topic = fav_list[0] if session_gap >= comeback_gap_s or topics_per_user == 1 else fav_list[1]
             elif u[5] < p_context_topic:
                 topic = context_topic[ctx]
             elif u[6] < 0.5:
