@@ -97,8 +97,8 @@ def decay_attention_step(
     g: Optional[torch.Tensor] = None,
     g_gamma: Optional[torch.Tensor] = None,
     scale: float = 1.0,
-    state_indices: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    state_indices: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One decode step per sequence: ``S <- exp(g) S + k^T v``, ``o = scale * q S``.
 
