@@ -60,3 +60,21 @@ def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: in
     devices = {t.device for t in (item_ids, timestamps, lengths, query_timestamps)}
     if len(devices) != 1:
         raise ValueError(f"item_ids, timestamps, lengths and query_timestamps must be on one device, got {devices}")
+
+
+def check_step_events(item_ids, timestamps, query_timestamps, num_users: int, num_items: int, holder: str,
+                      device: torch.device) -> None:
+    """One new event per user for a decode step: ``item_ids (N,)`` real items (no padding),
+    ``timestamps (N,)`` and ``query_timestamps (N,)`` int64, all on ``device``; ``holder`` names what holds the
+    N users ("state", "cache") in messages."""
+    N = num_users
+    check_item_ids("item_ids", item_ids, 1, num_items, "(N,)")
+    if tuple(item_ids.shape) != (N,):
+        raise ValueError(f"item_ids must have shape (N,)=({N},) for a {holder} of {N} users, got {tuple(item_ids.shape)}")
+    if N and int(item_ids.min()) < 1:
+        raise ValueError("item_ids of a decode step must be real items in [1, num_items], got padding id 0")
+    check_timestamps("timestamps", timestamps, (N,), "(N,)")
+    check_timestamps("query_timestamps", query_timestamps, (N,), "(N,)")
+    devices = {t.device for t in (item_ids, timestamps, query_timestamps)} | {device}
+    if len(devices) != 1:
+        raise ValueError(f"item_ids, timestamps, query_timestamps and the {holder} must be on one device, got {devices}")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .config import FuXiLinearConfig
 from .decode_state import DecodeState
-from .history_inputs import check_history, check_item_ids, check_timestamps
+from .history_inputs import check_history, check_step_events
 from .layers.block import FuXiLinearBlock
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
 from .retrieval import SequentialRetrievalMixin, l2_normalize
@@ -159,13 +159,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         if not isinstance(state, DecodeState):
             raise TypeError(f"state must be a DecodeState, got {type(state).__name__}")
         N = state.num_users
-        check_item_ids("item_ids", item_ids, 1, self.config.num_items, "(N,)")
-        if tuple(item_ids.shape) != (N,):
-            raise ValueError(f"item_ids must have shape (N,)=({N},) for a state of {N} users, got {tuple(item_ids.shape)}")
-        if N and int(item_ids.min()) < 1:
-            raise ValueError("item_ids of a decode step must be real items in [1, num_items], got padding id 0")
-        check_timestamps("timestamps", timestamps, (N,), "(N,)")
-        check_timestamps("query_timestamps", query_timestamps, (N,), "(N,)")
+        check_step_events(item_ids, timestamps, query_timestamps, N, self.config.num_items, "state", state.device)
         if N and int(state.position.max()) >= self.config.max_positions:
             raise ValueError(
                 f"a user would reach position {int(state.position.max())}, beyond the model's position tables "

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..history_inputs import INT_DTYPES, check_history, check_item_ids, check_timestamps
+from ..history_inputs import INT_DTYPES, check_history, check_step_events
 from ..retrieval import SequentialRetrievalMixin, _positive_int, l2_normalize
 
 #: Base of HSTU's logarithmic time buckets: ``floor(ln(max(|dt|, 1)) / TIME_BUCKET_LOG_BASE)`` (SPEC §9).
@@ -395,23 +395,12 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
         """
         cache = self._check_cache(cache)
         N = cache.num_users
-        check_item_ids("item_ids", item_ids, 1, self.config.num_items, "(N,)")
-        if tuple(item_ids.shape) != (N,):
-            raise ValueError(f"item_ids must have shape (N,)=({N},) for a cache of {N} users, "
-                             f"got {tuple(item_ids.shape)}")
-        if N and int(item_ids.min()) < 1:
-            raise ValueError("item_ids of a decode step must be real items in [1, num_items], got padding id 0")
-        check_timestamps("timestamps", timestamps, (N,), "(N,)")
-        check_timestamps("query_timestamps", query_timestamps, (N,), "(N,)")
+        check_step_events(item_ids, timestamps, query_timestamps, N, self.config.num_items, "cache", cache.device)
         if cache.max_length >= self.config.max_positions:
             raise ValueError(f"a user would reach position {cache.max_length}, beyond the model's position table "
                              f"({self.config.max_positions} positions); re-prefill the most recent events instead")
         if cache.max_length >= cache.capacity:
             raise ValueError(f"the cache is full (capacity {cache.capacity} events); prefill with a larger capacity")
-        devices = {t.device for t in (item_ids, timestamps, query_timestamps)} | {cache.device}
-        if len(devices) != 1:
-            raise ValueError(f"item_ids, timestamps, query_timestamps and the cache must be on one device, "
-                             f"got {devices}")
         positions = cache.lengths
         if cache.timestamps is not None:
             cache.timestamps[torch.arange(N, device=positions.device), positions] = timestamps
