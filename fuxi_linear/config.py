@@ -12,8 +12,23 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
+class ConfigDictMixin:
+    """``to_dict`` / ``from_dict`` for the model configuration dataclasses (checkpoints store plain dicts)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**values)
+
+
 @dataclass
-class FuXiLinearConfig:
+class FuXiLinearConfig(ConfigDictMixin):
     """Hyper-parameters of :class:`fuxi_linear.FuXiLinear` (SPEC §2-6).
 
     Attributes:
@@ -96,14 +111,3 @@ class FuXiLinearConfig:
     def max_positions(self) -> int:
         """Events a user's history may hold, in encode and after decode steps (both position tables)."""
         return min(self.positional_table_size, self.absolute_position_table_size)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "FuXiLinearConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown FuXiLinearConfig fields: {sorted(unknown)}")
-        return cls(**values)

@@ -10,14 +10,14 @@ one new event per user.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ConfigDictMixin
 from ..history_inputs import INT_DTYPES, check_history, check_step_events
 from ..retrieval import SequentialRetrievalMixin, _positive_int, l2_normalize
 
@@ -74,7 +74,7 @@ def auto_query_chunk(batch: int, heads: int, T: int, configured: Optional[int]) 
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
-class BaselineConfig:
+class BaselineConfig(ConfigDictMixin):
     """Hyper-parameters every baseline shares (model-specific fields live in the subclasses).
 
     Attributes:
@@ -133,17 +133,6 @@ class BaselineConfig:
     def max_positions(self) -> int:
         """Events a user's history may hold, in encode and after decode steps."""
         return self.absolute_position_table_size
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "BaselineConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------- cache
