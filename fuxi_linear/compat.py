@@ -134,9 +134,8 @@ def from_official_state_dict(state_dict: Any, config: Optional[FuXiLinearConfig]
         if value.shape != want.shape:
             raise ValueError(f"checkpoint tensor for {name} has shape {tuple(value.shape)}, expected {tuple(want.shape)}")
         ours[name] = value.to(want.dtype)
-    missing = set(expected) - set(ours) - {"temporal.omega"}
+    missing = set(expected) - set(ours)
     if missing:
         raise ValueError(f"checkpoint does not provide {sorted(missing)}")
-    ours["temporal.omega"] = (2 * torch.pi) / ours["temporal.periods"].double()
     model.load_state_dict(ours)
     return model.eval()

@@ -128,7 +128,6 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         y, _, states = self._forward_packed(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
                                             True)
         last = torch.cumsum(lengths, 0) - 1
-        B = item_ids.shape[0]
         state = DecodeState(
             retention=torch.stack([s[0] for s in states]),
             temporal=torch.stack([s[1] for s in states]),
@@ -136,7 +135,6 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
             last_timestamp=timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1).clone(),
             position=lengths.clone(),
         )
-        assert state.num_users == B
         return l2_normalize(y[last]), state
 
     def step(

@@ -204,6 +204,12 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def _atomic_write_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -221,7 +227,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises many kinds (pickle, zip, runtime)
+        raise ValueError(f"{path} is not a fuxi-linear training checkpoint (cannot be read: {err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model_state" not in ckpt:
         raise ValueError(f"{path} is not a fuxi-linear training checkpoint")
     return ckpt
@@ -269,7 +278,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         # resuming into a new folder: bring the best checkpoint so far along, or start the "best" afresh
         best_so_far = Path(resume).with_name("checkpoint.pt")
         if best_so_far.is_file():
-            shutil.copyfile(best_so_far, out / "checkpoint.pt")
+            _atomic_copy(best_so_far, out / "checkpoint.pt")
         else:
             best = None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -299,10 +308,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
             improved = True
         history.append(entry)
         if improved:
-            best = entry.get("validation", {"epoch": epoch + 1})
-            best = dict(best, epoch=epoch + 1)
-            _atomic_save(_checkpoint(model, optimizer, cfg, kwargs, epoch, best, history), out / "checkpoint.pt")
+            best = dict(entry.get("validation", {}), epoch=epoch + 1)
         _atomic_save(_checkpoint(model, optimizer, cfg, kwargs, epoch, best, history), out / "last.pt")
+        if improved:  # the best epoch so far: the same file, copied rather than serialised twice
+            _atomic_copy(out / "last.pt", out / "checkpoint.pt")
         val = entry.get("validation")
         log(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}"
             + (f" | valid ndcg@10 {val['ndcg@10']:.4f} hr@10 {val['hr@10']:.4f} mrr {val['mrr']:.4f}" if val else "")

@@ -70,8 +70,9 @@ def test_bad_arguments_fail_cleanly(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig(model="gpt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a fuxi-linear training checkpoint"):
         evaluate_checkpoint(str(tmp_path / "junk.pt"))
+    assert main(["eval", "--checkpoint", str(tmp_path / "junk.pt"), "--no-progress"]) == 2
     torch.save({"foo": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a fuxi-linear training checkpoint"):
         evaluate_checkpoint(str(tmp_path / "other.pt"))

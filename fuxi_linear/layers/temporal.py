@@ -56,12 +56,16 @@ class TemporalEncoding(nn.Module):
         periods = periods.to(torch.int64)
         self.num_periods = int(periods.numel())
         self.register_buffer("periods", periods)
-        self.register_buffer("omega", (2 * math.pi) / periods.double())  # float64: exact angular rates
         if learn_decay:
             self.decay_logits = nn.Parameter(torch.randn(self.num_periods) * 0.02)  # "b" of SPEC §3
         else:
             self.register_buffer("decay_logits", torch.zeros(self.num_periods))
         self.max_log_decay = float(max_log_decay)
+
+    @property
+    def omega(self) -> torch.Tensor:
+        """Angular rates ``2 pi / T_m`` ``(Ht,)`` in float64, derived from the periods (never stale)."""
+        return (2 * math.pi) / self.periods.double()
 
     def phases(self, t: torch.Tensor) -> torch.Tensor:
         """``theta_m(t) = omega_m (t mod T_m)``: int64 ``(...)`` -> float64 ``(..., Ht)``."""
