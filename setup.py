@@ -6,7 +6,8 @@ setup(
     description="FuXi-Linear: linear-attention sequential recommendation with Triton kernels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    # 3.10: numpy >= 2.1 (below) needs it. CI tests 3.11; the sources compile on 3.10.
+    python_requires=">=3.10",
     # The Triton code lives in the top-level kernels/ folder but installs as fuxi_linear.kernels: a top-level
     # module named "kernels" would clash with another PyPI package of that name.
     packages=find_packages(include=["fuxi_linear", "fuxi_linear.*"]) + ["fuxi_linear.kernels"],
@@ -15,7 +16,7 @@ setup(
         "torch>=2.4",
         "triton; platform_system == 'Linux'",
         "einops",
-        "numpy",
+        "numpy>=2.1",  # np.strings.partition (the dataset readers' fast path)
         "tqdm",
     ],
     extras_require={

@@ -8,6 +8,22 @@ from typing import Any, Dict, Optional, Tuple
 from .ops.decay_attention import BACKENDS
 
 
+#: Default temporal periods per timestamp unit (SPEC §3): ``base^(start + m*stride)`` for m < num_periods
+#: (milliseconds: 2^10 .. 2^31 ms; seconds: 16^0 .. 16^7 s).
+TEMPORAL_PERIODS_BY_UNIT: Dict[str, Dict[str, int]] = {
+    "ms": {"base": 2, "start": 10, "stride": 3, "num_periods": 8},
+    "s": {"base": 16, "start": 0, "stride": 1, "num_periods": 8},
+}
+
+
+def default_temporal_periods(timestamp_unit: str) -> Dict[str, int]:
+    """The temporal period rule ``{"base", "start", "stride", "num_periods"}`` for timestamps in
+    ``timestamp_unit`` (``"s"`` or ``"ms"``); see :data:`TEMPORAL_PERIODS_BY_UNIT`."""
+    if timestamp_unit not in TEMPORAL_PERIODS_BY_UNIT:
+        raise ValueError(f"timestamp_unit must be one of {tuple(TEMPORAL_PERIODS_BY_UNIT)}, got {timestamp_unit!r}")
+    return dict(TEMPORAL_PERIODS_BY_UNIT[timestamp_unit])
+
+
 def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
@@ -56,10 +72,10 @@ class FuXiLinearConfig(ConfigDictMixin):
     num_heads: int = 4
     qk_dim: Optional[int] = None
     ffn_multiply: int = 4
-    temporal_base: int = 16
-    temporal_start: int = 0
-    temporal_stride: int = 1
-    temporal_num_periods: int = 8
+    temporal_base: int = TEMPORAL_PERIODS_BY_UNIT["s"]["base"]
+    temporal_start: int = TEMPORAL_PERIODS_BY_UNIT["s"]["start"]
+    temporal_stride: int = TEMPORAL_PERIODS_BY_UNIT["s"]["stride"]
+    temporal_num_periods: int = TEMPORAL_PERIODS_BY_UNIT["s"]["num_periods"]
     temporal_periods: Optional[Tuple[int, ...]] = None
     learn_temporal_decay: bool = True
     temporal_max_log_decay: float = 20.0

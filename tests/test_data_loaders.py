@@ -5,11 +5,13 @@ import os
 import numpy as np
 import pytest
 
-from fuxi_linear.data import loaders
+import dataclasses
+
+from fuxi_linear.config import default_temporal_periods
+from fuxi_linear.data import catalogue, delimited
+from fuxi_linear.data.catalogue import load_dataset
 from fuxi_linear.data.loaders import (
-    default_temporal_periods,
     load_csv,
-    load_dataset,
     load_kuairand,
     load_kuairec,
     load_movielens_1m,
@@ -108,7 +110,7 @@ def test_ml20m_header_by_name(tmp_path):
 def test_fast_path_chunks_and_slow_path_agree(tmp_path, monkeypatch):
     # Small chunks so several chunks go through numpy, one through Python
     # (the line with spaces and an extra column is still valid).
-    monkeypatch.setattr(loaders, "_CHUNK_LINES", 3)
+    monkeypatch.setattr(delimited, "_CHUNK_LINES", 3)
     rows = [f"{u},{i},1.0,{1000 + i}" for u, i in [(1, 1), (2, 5), (1, 3), (3, 3), (2, 2), (1, 9), (3, 4)]]
     rows[4] = " 2 , 2 ,1.0, 1002 ,extra"
     path = _write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n\n")
@@ -284,25 +286,29 @@ def test_load_dataset_cache_hit_skips_parsing(tmp_path, monkeypatch):
     data = _write(tmp_path / "u.data", "1\t2\t3\t4\n1\t3\t3\t5\n2\t2\t3\t6\n")
     cache = tmp_path / "cache"
     calls = []
-    real = loaders.load_movielens_100k
+    real = load_movielens_100k
+
+    def use(loader):
+        entry = dataclasses.replace(catalogue.DATASETS["ml-100k"], loader=loader)
+        monkeypatch.setitem(catalogue.DATASETS, "ml-100k", entry)
 
     def counting(path, **kwargs):
         calls.append(path)
         return real(path, **kwargs)
 
-    monkeypatch.setattr(loaders, "load_movielens_100k", counting)
+    use(counting)
     first = load_dataset("ml-100k", data, cache_dir=cache)
     assert len(calls) == 1 and len(list(cache.glob("ml-100k-*.npz"))) == 1
 
     def boom(path, **kwargs):
         raise AssertionError("parser called despite a cache hit")
 
-    monkeypatch.setattr(loaders, "load_movielens_100k", boom)
+    use(boom)
     second = load_dataset("ml-100k", data, cache_dir=cache)
     assert np.array_equal(first.item_ids, second.item_ids)
     assert np.array_equal(first.timestamps, second.timestamps)
     # Different preprocessing -> different key -> parses again.
-    monkeypatch.setattr(loaders, "load_movielens_100k", counting)
+    use(counting)
     load_dataset("ml-100k", data, cache_dir=cache, min_user_events=2)
     assert len(calls) == 2
     # Modified file (size + mtime change) -> cache miss.
@@ -337,7 +343,7 @@ def test_decimal_timestamps_match_exact_decimal_arithmetic(tmp_path, monkeypatch
         int((Decimal(c.strip()) * 1000).to_integral_value(rounding=ROUND_FLOOR)) for c in cells
     ]
     for chunk in (1 << 19, 4):  # one numpy chunk (rejected -> Python) and many small ones
-        monkeypatch.setattr(loaders, "_CHUNK_LINES", chunk)
+        monkeypatch.setattr(delimited, "_CHUNK_LINES", chunk)
         log = load_kuairec(path)
         by_item = dict(zip(log.item_raw_ids[log.item_ids - 1].tolist(), log.timestamps.tolist()))
         assert [by_item[k + 1] for k in range(len(cells))] == expected

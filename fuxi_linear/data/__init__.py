@@ -1,12 +1,10 @@
 """Data loading, synthetic data and leave-one-out splits for FuXi-Linear."""
 
 from .interactions import VALID_TIMESTAMP_UNITS, InteractionLog
+from ..config import default_temporal_periods  # model knowledge; re-exported for older imports
+from .catalogue import DATASET_NAMES, DATASET_TIMESTAMP_UNITS, DATASETS, DatasetEntry, load_dataset
 from .loaders import (
-    DATASET_NAMES,
-    DATASET_TIMESTAMP_UNITS,
-    default_temporal_periods,
     load_csv,
-    load_dataset,
     load_kuairand,
     load_kuairec,
     load_movielens_1m,
@@ -18,11 +16,13 @@ from .splits import LeaveOneOutSplits, SequenceDataset, collate_batch, leave_one
 from .synthetic import SLOT_NAMES, SYNTHETIC_TEMPORAL_PERIODS, make_synthetic_log, synthetic_item_topics, time_context
 
 __all__ = [
+    "DATASETS",
     "DATASET_NAMES",
     "DATASET_TIMESTAMP_UNITS",
     "SLOT_NAMES",
     "SYNTHETIC_TEMPORAL_PERIODS",
     "VALID_TIMESTAMP_UNITS",
+    "DatasetEntry",
     "InteractionLog",
     "LeaveOneOutSplits",
     "SequenceDataset",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Dict, Union
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ __all__ = [
     "make_loader",
 ]
 
-Example = dict[str, np.ndarray | int]
+Example = Dict[str, Union[np.ndarray, int]]
 
 
 class SequenceDataset(Dataset):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ __all__ = [
     "ranking_metrics",
 ]
 
-ExcludeSpec = torch.Tensor | Sequence[torch.Tensor | np.ndarray | Sequence[int]] | None
+ExcludeSpec = Optional[Union[torch.Tensor, Sequence[Union[torch.Tensor, np.ndarray, Sequence[int]]]]]
 
 
 def pad_exclusions(

@@ -1,0 +1,429 @@
+"""A fast, strict reader of delimited text files (the parser behind every dataset loader).
+
+:func:`read_columns` reads a file in chunks of lines; each chunk is parsed by ``numpy.loadtxt`` (C
+implementation, only the needed columns). If numpy rejects a chunk, the chunk is re-parsed line by line in
+Python; that slow path is the authority on what is valid and reports the first bad line as
+``"<file>, line <n>: ..."`` (1-based physical line numbers, header included). Lines may carry extra trailing
+fields (they are ignored); blank lines are skipped. Quoted fields spanning several physical lines are not
+supported.
+
+Timestamps (``"decimal"`` columns) are parsed as exact decimals (never through float32): e.g. the KuaiRec
+value ``"1593878903.438"`` seconds becomes ``1593878903438`` milliseconds with ``scale_digits=3``. Sub-unit
+digits beyond the target unit are truncated toward minus infinity.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Column", "check_file", "find_columns", "read_columns", "read_header"]
+
+# Lines per parsing chunk: large enough to amortise numpy call overhead,
+# small enough that the Python strings of one chunk stay ~100 MB.
+_CHUNK_LINES = 1 << 19
+# Fixed widths for string columns in the fast path; a value that fills the
+# whole width may have been truncated, so such a chunk takes the slow path.
+_TOKEN_WIDTHS = (24, 256)
+_DECIMAL_WIDTH = 40
+
+_INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+# Files are decoded with errors="surrogateescape": undecodable bytes become
+# lone surrogates, which lets the line-by-line parser point at the bad line.
+_SURROGATE_RE = re.compile("[\udc80-\udcff]")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column to extract.
+
+    ``kind``: ``"int"`` (int64), ``"token"`` (string id, turned into int64 at
+    the end when every token is a canonical integer) or ``"decimal"`` (exact
+    decimal scaled by ``10**scale_digits`` and floored to int64).
+    """
+
+    key: str
+    index: int
+    kind: str
+    scale_digits: int = 0
+    allow_missing: bool = False
+
+
+class _ChunkRejected(Exception):
+    """Internal: the numpy fast path could not handle a chunk."""
+
+
+def _snippet(line: str) -> str:
+    line = line.rstrip("\r\n")
+    return repr(line if len(line) <= 120 else line[:117] + "...")
+
+
+def check_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"expected a file, got a directory or special file: {path}")
+
+
+def read_header(path: Path, delimiter: str, encoding: str, quoted: bool) -> list[str]:
+    """Return the stripped cells of the first non-blank line of ``path``."""
+    with open(path, encoding=encoding, errors="surrogateescape", newline="") as fh:
+        for line in fh:
+            if line.strip():
+                if quoted:
+                    cells = next(csv.reader([line], delimiter=delimiter))
+                else:
+                    cells = line.rstrip("\r\n").split(delimiter)
+                return [c.strip() for c in cells]
+    raise ValueError(f"{path}: file is empty, expected a header line")
+
+
+def find_columns(path: Path, header: list[str], wanted: Sequence[str]) -> list[int]:
+    """Indices of ``wanted`` names in ``header``; ValueError naming what is missing."""
+    missing = [w for w in wanted if w not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: header is missing column(s) {missing}; found columns {header}"
+        )
+    return [header.index(w) for w in wanted]
+
+
+def _decimal_fast(strings: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised exact decimal -> scaled int64 for plain ``123`` / ``123.456`` values.
+
+    Args:
+        strings: ``(R,)`` unicode array.
+        digits: scale exponent (3 turns seconds into milliseconds).
+
+    Returns:
+        ``(values (R,) int64, missing (R,) bool)``; ``missing`` marks empty or
+        ``nan`` cells (their value is 0).
+
+    Raises:
+        _ChunkRejected: if any cell is not a plain non-negative decimal; the
+            caller then re-parses the chunk with the exact Python parser.
+    """
+
+    def split(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        head, _, frac = np.strings.partition(s, ".")
+        plain = (
+            np.strings.isdecimal(head)
+            & (np.strings.str_len(head) <= 18)
+            & ((frac == "") | np.strings.isdecimal(frac))
+        )
+        return head, frac, plain
+
+    head, frac, plain = split(strings)
+    missing = np.zeros(strings.shape, dtype=bool)
+    if not plain.all():
+        # Rare path: surrounding blanks or missing markers. Only then pay for
+        # strip / comparisons on the whole chunk.
+        s = np.strings.strip(strings)
+        missing = (s == "") | (s == "nan") | (s == "NaN") | (s == "NAN")
+        head, frac, plain = split(s)
+        if not np.all(plain | missing):
+            raise _ChunkRejected
+        head = np.where(missing, "0", head)
+        frac = np.where(missing, "", frac)
+    try:
+        values = head.astype(np.int64) * (10**digits)
+        if digits:
+            # casting to a shorter string dtype keeps the first `digits` characters (np.strings.slice is
+            # numpy >= 2.3 only)
+            frac = np.strings.ljust(frac, digits, "0").astype(f"<U{digits}")
+            values += frac.astype(np.int64)
+    except (ValueError, OverflowError) as exc:  # e.g. non-ASCII decimal digits
+        raise _ChunkRejected from exc
+    return values, missing
+
+
+def _fast_chunk(
+    lines: list[str],
+    columns: Sequence[Column],
+    delimiter: str,
+    quoted: bool,
+    *,
+    decimals_as_int: bool,
+    token_width: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Parse a chunk with numpy; raises ``_ChunkRejected`` on anything unusual.
+
+    With ``decimals_as_int`` decimal columns are read directly as int64 (the
+    common integer-timestamp case, several times faster than string
+    handling); a cell with a fraction then rejects the chunk and the caller
+    retries with strings. Token columns are read as ``U<token_width>``.
+    """
+    order = sorted(columns, key=lambda c: c.index)
+
+    def field_dtype(c: Column) -> Any:
+        if c.kind == "int" or (c.kind == "decimal" and decimals_as_int):
+            return np.int64
+        return f"U{token_width if c.kind == 'token' else _DECIMAL_WIDTH}"
+
+    dtype = np.dtype([(c.key, field_dtype(c)) for c in order])
+    try:
+        with warnings.catch_warnings():
+            # numpy warns that blank lines do not count towards max_rows; harmless here.
+            warnings.simplefilter("ignore", UserWarning)
+            # Older numpy parses "1.5" as an int via float with a
+            # DeprecationWarning; that would silently truncate, so refuse it.
+            warnings.simplefilter("error", DeprecationWarning)
+            table = np.loadtxt(
+                lines,
+                dtype=dtype,
+                delimiter=delimiter,
+                usecols=[c.index for c in order],
+                comments=None,
+                quotechar='"' if quoted else None,
+                ndmin=1,
+            )
+    except (ValueError, IndexError, OverflowError, DeprecationWarning) as exc:
+        raise _ChunkRejected from exc
+    out: dict[str, np.ndarray] = {}
+    drop = np.zeros(table.shape[0], dtype=bool)
+    for c in columns:
+        col = table[c.key]
+        if c.kind == "int":
+            out[c.key] = np.ascontiguousarray(col, dtype=np.int64)
+        elif c.kind == "token":
+            if col.size and np.strings.str_len(col).max() >= token_width:
+                raise _ChunkRejected
+            col = np.strings.strip(col)
+            if np.any(col == ""):
+                raise _ChunkRejected
+            out[c.key] = col
+        elif decimals_as_int:
+            values = np.ascontiguousarray(col, dtype=np.int64)
+            if c.scale_digits:
+                limit = (1 << 63) // 10**c.scale_digits
+                if values.size and (values.max() >= limit or values.min() <= -limit):
+                    raise _ChunkRejected
+                values = values * 10**c.scale_digits
+            out[c.key] = values
+        else:
+            if col.size and np.strings.str_len(col).max() >= _DECIMAL_WIDTH:
+                raise _ChunkRejected
+            values, missing = _decimal_fast(col, c.scale_digits)
+            if missing.any() and not c.allow_missing:
+                raise _ChunkRejected
+            drop |= missing
+            out[c.key] = values
+    return out, drop
+
+
+def _parse_cell(cell: str, column: Column) -> int | str | None:
+    """Exact Python parse of one cell; ``None`` means a (permitted) missing value."""
+    if column.kind == "int":
+        if not _INT_RE.fullmatch(cell):
+            raise ValueError(f"expected an integer, got {cell!r}")
+        value = int(cell)
+        if not -(1 << 63) <= value < (1 << 63):
+            raise ValueError(f"integer {cell!r} does not fit in int64")
+        return value
+    if column.kind == "token":
+        token = cell.strip()
+        if not token:
+            raise ValueError("empty id")
+        if _SURROGATE_RE.search(token):
+            raise ValueError(f"id {token!r} contains bytes that are invalid in this encoding")
+        return token
+    text = cell.strip()
+    if text == "" or text.lower() == "nan":
+        if column.allow_missing:
+            return None
+        raise ValueError("missing timestamp")
+    try:
+        dec = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"expected a number, got {cell!r}") from None
+    if not dec.is_finite():
+        raise ValueError(f"expected a finite number, got {cell!r}")
+    value = int(dec.scaleb(column.scale_digits).to_integral_value(rounding=ROUND_FLOOR))
+    if not -(1 << 63) <= value < (1 << 63):
+        raise ValueError(f"timestamp {cell!r} does not fit in int64")
+    return value
+
+
+def _slow_chunk(
+    path: Path,
+    lines: list[str],
+    first_line_no: int,
+    columns: Sequence[Column],
+    delimiter: str,
+    quoted: bool,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Line-by-line parse; raises ValueError naming the file and 1-based line."""
+    needed = max(c.index for c in columns) + 1
+    values: dict[str, list[Any]] = {c.key: [] for c in columns}
+    drop: list[bool] = []
+    for offset, line in enumerate(lines):
+        line_no = first_line_no + offset
+        if not line.strip():
+            continue
+        if quoted:
+            try:
+                cells = next(csv.reader([line], delimiter=delimiter, strict=True))
+            except csv.Error as exc:
+                raise ValueError(f"{path}, line {line_no}: malformed quoting ({exc}): {_snippet(line)}") from None
+        else:
+            cells = line.rstrip("\r\n").split(delimiter)
+        if len(cells) < needed:
+            raise ValueError(
+                f"{path}, line {line_no}: expected at least {needed} fields separated by "
+                f"{delimiter!r}, found {len(cells)}: {_snippet(line)}"
+            )
+        parsed: list[Any] = []
+        missing = False
+        for c in columns:
+            try:
+                v = _parse_cell(cells[c.index], c)
+            except ValueError as exc:
+                hint = (
+                    " (undecodable bytes for this encoding)"
+                    if c.kind != "token" and _SURROGATE_RE.search(cells[c.index])
+                    else ""
+                )
+                raise ValueError(
+                    f"{path}, line {line_no}, column {c.index + 1} ({c.key}): {exc}{hint}: {_snippet(line)}"
+                ) from None
+            if v is None:
+                missing = True
+                v = 0
+            parsed.append(v)
+        for c, v in zip(columns, parsed):
+            values[c.key].append(v)
+        drop.append(missing)
+    out: dict[str, np.ndarray] = {}
+    for c in columns:
+        if c.kind == "token":
+            out[c.key] = np.array(values[c.key], dtype=str)
+        else:
+            out[c.key] = np.array(values[c.key], dtype=np.int64)
+    return out, np.array(drop, dtype=bool)
+
+
+def _compact_tokens(tokens: np.ndarray) -> np.ndarray:
+    """Shrink a chunk of string ids.
+
+    Returns int64 when every token is a canonical integer (``"12"``, not
+    ``"012"`` or ``"+12"``), else a unicode array only as wide as its longest
+    token (the fast path reads tokens into a wide fixed-width buffer).
+    """
+    if tokens.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        as_int = tokens.astype(np.int64)
+    except (ValueError, OverflowError):
+        as_int = None
+    if as_int is not None and np.array_equal(as_int.astype(tokens.dtype), tokens):
+        return as_int
+    width = max(1, int(np.strings.str_len(tokens).max()))
+    return tokens.astype(f"U{width}")
+
+
+def _merge_tokens(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate compacted token chunks; any string chunk makes all ids strings."""
+    if all(p.dtype == np.int64 for p in parts):
+        return np.concatenate(parts)
+    return np.concatenate([p.astype(str) if p.dtype == np.int64 else p for p in parts])
+
+
+def read_columns(
+    path: Path,
+    columns: Sequence[Column],
+    *,
+    delimiter: str,
+    encoding: str = "utf-8-sig",
+    skip_header: bool,
+    quoted: bool = False,
+    replace: tuple[str, str] | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Extract ``columns`` from a delimited text file.
+
+    Args:
+        path: the file.
+        columns: columns to extract (distinct ``key`` and ``index``).
+        delimiter: single-character field separator (after ``replace``).
+        encoding: text encoding; undecodable bytes are kept as surrogates so
+            the error message can still point at the offending line.
+        skip_header: skip the first non-blank line.
+        quoted: honour ``"``-quoted fields.
+        replace: ``(old, new)`` substitution applied to every line before
+            splitting (used for MovieLens-1M's two-character ``::`` separator).
+
+    Returns:
+        ``(arrays, num_dropped)``: ``arrays[key]`` is ``(R,)`` int64 (or
+        unicode for token columns) in file order; ``num_dropped`` counts rows
+        removed because a column with ``allow_missing`` was empty / ``nan``.
+    """
+    chunks: dict[str, list[np.ndarray]] = {c.key: [] for c in columns}
+    has_decimal = any(c.kind == "decimal" for c in columns)
+    has_token = any(c.kind == "token" for c in columns)
+    attempts = [
+        (as_int, width)
+        for as_int in ((True, False) if has_decimal else (False,))
+        for width in (_TOKEN_WIDTHS if has_token else _TOKEN_WIDTHS[:1])
+    ]
+    attempt = 0
+    num_dropped = 0
+    line_no = 1
+    with open(path, encoding=encoding, errors="surrogateescape", newline=None) as fh:
+        if skip_header:
+            for line in fh:
+                line_no += 1
+                if line.strip():
+                    break
+        while True:
+            lines = list(itertools.islice(fh, _CHUNK_LINES))
+            if not lines:
+                break
+            if replace is not None:
+                old, new = replace
+                lines = [ln.replace(old, new) for ln in lines]
+            out, drop = None, None
+            text = "".join(lines)
+            # Undecodable bytes must go through the exact parser (a token
+            # column would otherwise accept them silently).
+            clean = text.isascii() or not _SURROGATE_RE.search(text)
+            # Fast attempts from cheapest to most general; a successful
+            # setting is kept for the following chunks (files are uniform).
+            while clean and attempt < len(attempts):
+                as_int, width = attempts[attempt]
+                try:
+                    out, drop = _fast_chunk(
+                        lines, columns, delimiter, quoted, decimals_as_int=as_int, token_width=width
+                    )
+                    break
+                except _ChunkRejected:
+                    attempt += 1
+            if out is None or drop is None:
+                out, drop = _slow_chunk(path, lines, line_no, columns, delimiter, quoted)
+                # A bad chunk says nothing about the next one: start over.
+                attempt = 0
+            if drop.any():
+                keep = ~drop
+                out = {k: v[keep] for k, v in out.items()}
+                num_dropped += int(drop.sum())
+            for c in columns:
+                arr = out[c.key]
+                chunks[c.key].append(_compact_tokens(arr) if c.kind == "token" else arr)
+            line_no += len(lines)
+    result: dict[str, np.ndarray] = {}
+    for c in columns:
+        parts = chunks[c.key]
+        if not parts:
+            result[c.key] = np.zeros(0, dtype=np.int64)
+        elif c.kind == "token":
+            result[c.key] = _merge_tokens(parts)
+        else:
+            result[c.key] = np.concatenate(parts)
+    return result, num_dropped
