@@ -13,7 +13,10 @@ from typing import Any, Dict, Tuple, Type
 import torch.nn as nn
 
 from ..retrieval import l2_normalize, next_item_targets, sampled_softmax_loss
-from .common import BaselineConfig, KVCache, SequentialRecommenderBase, query_times, time_bucket
+from .base import SequentialRecommenderBase
+from .config import BaselineConfig
+from .kv_cache import KVCache
+from .time_buckets import query_times, time_bucket
 from .fuxi_alpha import FuXiAlpha, FuXiAlphaConfig
 from .hstu import HSTU, HSTUConfig
 from .relative_bias import PointwiseAttentionConfig

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from ..layers.ffn import MultiStageFFN
 from ..layers.norms import layer_norm
-from .common import KVCache, PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
+from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
+from .kv_cache import KVCache
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor
 
 
@@ -114,7 +115,7 @@ class FuXiAlphaBlock(nn.Module):
 
 class FuXiAlpha(PointwiseAttentionRecommender):
     """FuXi-α with FuXi-Linear's input layer, loss, scoring and serving interface (see
-    :class:`fuxi_linear.baselines.common.SequentialRecommenderBase`)."""
+    :class:`fuxi_linear.baselines.base.SequentialRecommenderBase`)."""
 
     config_class = FuXiAlphaConfig
     block_class = FuXiAlphaBlock

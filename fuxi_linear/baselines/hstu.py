@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.norms import layer_norm
-from .common import KVCache, PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
+from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
+from .kv_cache import KVCache
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor
 
 
@@ -105,7 +106,7 @@ class HSTUBlock(nn.Module):
 
 class HSTU(PointwiseAttentionRecommender):
     """HSTU with FuXi-Linear's input layer, loss, scoring and serving interface (see
-    :class:`fuxi_linear.baselines.common.SequentialRecommenderBase`). The user vector is the last block's
+    :class:`fuxi_linear.baselines.base.SequentialRecommenderBase`). The user vector is the last block's
     output, L2-normalised (no final norm, as HSTU)."""
 
     config_class = HSTUConfig

@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import BaselineConfig, KVCache, SequentialRecommenderBase
+from .base import SequentialRecommenderBase
+from .config import BaselineConfig
+from .kv_cache import KVCache
 
 LN_EPS = 1e-6
 
@@ -81,7 +83,7 @@ class SASRecBlock(nn.Module):
 
 class SASRec(SequentialRecommenderBase):
     """SASRec with FuXi-Linear's input layer, loss, scoring and serving interface (see
-    :class:`fuxi_linear.baselines.common.SequentialRecommenderBase`)."""
+    :class:`fuxi_linear.baselines.base.SequentialRecommenderBase`)."""
 
     uses_time = False
 

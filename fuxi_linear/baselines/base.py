@@ -1,0 +1,240 @@
+"""The base classes of the baselines: :class:`SequentialRecommenderBase` gives every baseline exactly the public
+interface of :class:`fuxi_linear.FuXiLinear` (``encode``, ``prefill``, ``step``, ``loss``, ``score``,
+``item_vectors``) on top of the shared input layer, loss and scoring of :mod:`fuxi_linear.retrieval`; a
+subclass only supplies the blocks (``_forward`` over padded histories, ``_step`` for one new event per user).
+:class:`PointwiseAttentionRecommender` is the common stack of HSTU and FuXi-alpha.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..history_inputs import check_history, check_step_events
+from ..retrieval import SequentialRetrievalMixin, _positive_int, l2_normalize
+from .config import BaselineConfig
+from .kv_cache import KVCache
+from .time_buckets import query_times
+
+#: Auto query-chunk size of the O(T^2) pointwise attentions keeps one score block below this many elements,
+#: so a long prefill does not materialise a (B, H, T, T) tensor at once.
+DEFAULT_ATTENTION_BLOCK_ELEMENTS = 1 << 27
+
+
+def query_chunks(T: int, chunk: int) -> Iterator[Tuple[int, int]]:
+    """``(start, end)`` of consecutive query blocks; with causal attention block [s, e) needs keys [0, e)."""
+    for s in range(0, T, chunk):
+        yield s, min(T, s + chunk)
+
+
+def auto_query_chunk(batch: int, heads: int, T: int, configured: Optional[int]) -> int:
+    """Query rows per block so a ``(B, H, chunk, T)`` score block stays under the element budget."""
+    if configured is not None:
+        return max(1, min(T, configured))
+    return max(1, min(T, DEFAULT_ATTENTION_BLOCK_ELEMENTS // max(1, batch * heads * T)))
+
+
+class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
+    """Embedding, input, loss and scoring shared by the baselines; the interface of ``FuXiLinear``.
+
+    Histories are right-padded: ``item_ids (B, T)`` int64 with 0 after each user's ``lengths[b]`` events,
+    ``timestamps (B, T)`` int64 (entries past a length are ignored), ``query_timestamps (B,)`` int64 = time of
+    the request after the last event. Subclasses set ``uses_time`` and implement:
+
+    - ``_forward(x (B, T, D), timestamps (B, T), query_times (B, T), cache | None) -> (B, T, D)``: all blocks
+      over padded inputs, causal, writing each block's keys/values (slots [0, T)) into ``cache`` when given;
+    - ``_step(x (N, D), cache, query_timestamps (N,)) -> (N, D)``: one new event per user whose keys/values
+      go to slot ``cache.lengths[n]``; attention covers slots ``[0, cache.max_length]`` (M of them) with
+      slots ``> lengths[n]`` masked.
+    """
+
+    uses_time: bool = False
+
+    def __init__(self, config: BaselineConfig):
+        super().__init__()
+        if not isinstance(config, BaselineConfig):
+            raise TypeError(f"config must be a BaselineConfig, got {type(config).__name__}")
+        self.config = config
+        self._init_input_layer(config.num_items, config.embedding_dim, config.max_positions, config.dropout)
+
+    # ------------------------------------------------------------------ to implement
+    def _forward(self, x: torch.Tensor, timestamps: torch.Tensor, query_times: torch.Tensor,
+                 cache: Optional[KVCache]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _step(self, x: torch.Tensor, cache: KVCache, query_timestamps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ inputs
+    def _prepare(self, item_ids, timestamps, lengths, query_timestamps):
+        """Validate, drop columns past the longest history, and neutralise padded timestamps (so garbage
+        there can never reach a bias table). Returns ``(x, ts, qt, lengths, used, T)``."""
+        c = self.config
+        check_history(item_ids, timestamps, lengths, query_timestamps, c.num_items, c.max_positions)
+        T = item_ids.shape[1]
+        used = int(lengths.max())
+        lengths = lengths.long()
+        item_ids = item_ids[:, :used].long()
+        valid = torch.arange(used, device=item_ids.device)[None, :] < lengths[:, None]
+        ts = torch.where(valid, timestamps[:, :used], query_timestamps[:, None])
+        qt = query_times(ts, lengths, query_timestamps)
+        x = self._embed(item_ids, torch.arange(used, device=item_ids.device)[None, :])
+        return x, ts, qt, lengths, used, T
+
+    @property
+    def _cache_dims(self) -> Tuple[int, int, int, int]:
+        c = self.config
+        return c.num_blocks, c.num_heads, c.qk_dim, c.value_dim
+
+    # ------------------------------------------------------------------ full histories
+    def encode(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        lengths: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        packed: bool = False,
+    ) -> torch.Tensor:
+        """User vectors at every position.
+
+        Args:
+            item_ids: ``(B, T)`` int64, 0-padded after each user's ``lengths[b]`` events.
+            timestamps: ``(B, T)`` int64; entries past a user's length are ignored.
+            lengths: ``(B,)`` int64 in [1, T].
+            query_timestamps: ``(B,)`` int64, the time of the request after each user's last event.
+            packed: accepted for interface parity with ``FuXiLinear.encode``; the baselines always run the
+                padded layout (right padding plus causal attention already keeps padding out of valid rows).
+        Returns:
+            ``(B, T, D)`` L2-normalised user vectors; zero at padding.
+        """
+        x, ts, qt, lengths, used, T = self._prepare(item_ids, timestamps, lengths, query_timestamps)
+        y = self._forward(x, ts, qt, None)
+        y = y * (item_ids[:, :used] != 0).unsqueeze(-1).to(y.dtype)
+        return F.pad(l2_normalize(y), (0, 0, 0, T - used))
+
+    # ------------------------------------------------------------------ serving
+    def prefill(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        lengths: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        capacity: Optional[int] = None,
+    ) -> Tuple[torch.Tensor, KVCache]:
+        """Encode whole histories once; returns the user vector at each user's last event ``(B, D)`` and a
+        :class:`KVCache` from which :meth:`step` appends events. Arguments as in :meth:`encode`, plus
+        ``capacity``: event slots to preallocate per user (default ``config.max_positions``; at least the
+        longest history)."""
+        if capacity is None:
+            capacity = self.config.max_positions
+        _positive_int("capacity", capacity)
+        x, ts, qt, lengths, used, _ = self._prepare(item_ids, timestamps, lengths, query_timestamps)
+        if capacity < used:
+            raise ValueError(f"capacity={capacity} is smaller than the longest history ({used} events)")
+        L, H, dqk, dv = self._cache_dims
+        cache = KVCache.empty(L, x.shape[0], H, capacity, dqk, dv, self.uses_time, x.dtype, x.device)
+        if cache.timestamps is not None:
+            cache.timestamps[:, :used] = ts
+        y = self._forward(x, ts, qt, cache)
+        cache.lengths.copy_(lengths)
+        cache.max_length = used
+        last = y.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, y.shape[-1])).squeeze(1)
+        return l2_normalize(last), cache
+
+    def _check_cache(self, cache: object) -> KVCache:
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache (from prefill), got {type(cache).__name__}")
+        L, H, dqk, dv = self._cache_dims
+        expect = (L, cache.num_users, H, cache.capacity)
+        if tuple(cache.keys.shape) != expect + (dqk,) or tuple(cache.values.shape) != expect + (dv,):
+            raise ValueError(f"cache does not belong to this model: keys {tuple(cache.keys.shape)}, values "
+                             f"{tuple(cache.values.shape)}, expected (L={L}, N, H={H}, C, {dqk} / {dv})")
+        if (cache.timestamps is None) == self.uses_time:
+            raise ValueError(f"cache {'lacks' if self.uses_time else 'has'} timestamps; it does not belong to "
+                             f"{type(self).__name__}")
+        return cache
+
+    def step(
+        self,
+        cache: KVCache,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+    ) -> Tuple[torch.Tensor, KVCache]:
+        """Append one event per user: O(current length) attention against the cache, no re-encode.
+
+        Args:
+            cache: from :meth:`prefill` or an earlier step; it is advanced IN PLACE and returned.
+            item_ids: ``(N,)`` int64 ids of the new events (no padding: 1..num_items).
+            timestamps: ``(N,)`` int64 times of the new events.
+            query_timestamps: ``(N,)`` int64 request times after the new events.
+        Returns:
+            ``(user vectors (N, D), cache)``.
+        """
+        cache = self._check_cache(cache)
+        N = cache.num_users
+        check_step_events(item_ids, timestamps, query_timestamps, N, self.config.num_items, "cache", cache.device)
+        if cache.max_length >= self.config.max_positions:
+            raise ValueError(f"a user would reach position {cache.max_length}, beyond the model's position table "
+                             f"({self.config.max_positions} positions); re-prefill the most recent events instead")
+        if cache.max_length >= cache.capacity:
+            raise ValueError(f"the cache is full (capacity {cache.capacity} events); prefill with a larger capacity")
+        positions = cache.lengths
+        if cache.timestamps is not None:
+            cache.timestamps[torch.arange(N, device=positions.device), positions] = timestamps
+        x = self._embed(item_ids.long(), positions)
+        y = self._step(x, cache, query_timestamps)
+        cache.lengths.add_(1)
+        cache.max_length += 1
+        return l2_normalize(y), cache
+
+    def _window(self, cache: KVCache) -> Tuple[int, torch.Tensor, torch.Tensor]:
+        """For a step: ``M`` slots to attend over (the new event included), the slot indices ``(M,)`` and the
+        validity mask ``(N, M)`` (slot j <= the new event's slot)."""
+        M = cache.max_length + 1
+        slots = torch.arange(M, device=cache.device)
+        return M, slots, slots[None, :] <= cache.lengths[:, None]
+
+    @staticmethod
+    def _write_step(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one event's ``k (N, H, dqk)``, ``v (N, H, dv)`` in slot ``lengths[n]`` of block ``layer``."""
+        rows = torch.arange(cache.num_users, device=cache.device)
+        cache.keys[layer, rows, :, cache.lengths] = k
+        cache.values[layer, rows, :, cache.lengths] = v
+
+
+class PointwiseAttentionRecommender(SequentialRecommenderBase):
+    """Base of HSTU and FuXi-α: a stack of ``block_class`` blocks with quadratic pointwise attention over
+    relative-position and time-bucket biases (prefill in query chunks, decode over the KV cache).
+
+    Subclasses set ``config_class`` and ``block_class``; the block takes
+    ``(x, timestamps, query_times, cache, layer, query_chunk)`` and has
+    ``step(x, cache, layer, M, mask, rel, bucket)`` and a ``bias`` with ``step_indices``.
+    """
+
+    uses_time = True
+    config_class: type = BaselineConfig
+    block_class: type = nn.Module
+
+    def __init__(self, config: BaselineConfig):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        super().__init__(config)
+        self.blocks = nn.ModuleList(self.block_class(config) for _ in range(config.num_blocks))
+
+    def _forward(self, x, timestamps, query_times, cache):
+        B, T, _ = x.shape
+        chunk = auto_query_chunk(B, self.config.num_heads, T, self.config.query_chunk_size)
+        for i, block in enumerate(self.blocks):
+            x = block(x, timestamps, query_times, cache, i, chunk)
+        return x
+
+    def _step(self, x, cache, query_timestamps):
+        M, slots, mask = self._window(cache)
+        # Bias indices depend only on positions and times, not on the block: compute them once per step.
+        rel, bucket = self.blocks[0].bias.step_indices(query_timestamps, cache.lengths, cache.timestamps[:, :M], slots)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache, i, M, mask, rel, bucket)
+        return x
