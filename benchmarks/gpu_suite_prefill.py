@@ -19,6 +19,7 @@ once, with q/k at their shared size (batch 1) for the positional channel. ``fwd`
 o and the float32 final state; ``fwd+bwd``: q, k, v, g / g_gamma and do read, o, dq, dk, dv (and dg) written.
 ``GBps`` = bytes / time (``gpu_ms`` when there is one), ``pct_peak`` against the device's peak (datasheet),
 ``pct_copy`` against the measured copy bandwidth. ``vs_fla`` = fla's time / the kernels' time (> 1: faster).
+``target`` / ``meets_target``: issue 8's goals, ``vs_fla >= 1`` at B = 64 and ``pct_peak >= 25`` at B = 1.
 
 fla has no shared q/k: they are expanded to the batch beforehand (outside the timing), so fla reads B times
 more q/k than counted. An fla call that fails (e.g. K = 2 rejected) records its error in the row.
@@ -200,7 +201,8 @@ def _cases(dry_run: bool) -> List[Tuple[str, int, int, str]]:
 def _blank(impl: str, channel: str, B: int, T: int, dtype: str, pass_: str) -> Row:
     s = CHANNELS[channel]
     keys = ("status", "ms", "ms_p20", "ms_p80", "gpu_ms", "reps", "sets", "first_call_s", "bytes", "GBps",
-            "pct_peak", "pct_copy", "vs_fla", "rel_diff_vs_kernels", "graph_error", "error")
+            "pct_peak", "pct_copy", "vs_fla", "target", "meets_target", "rel_diff_vs_kernels", "graph_error",
+            "error")
     return {"impl": impl, "channel": channel, "B": B, "T": T, "H": s.heads, "K": s.k, "V": s.v, "dtype": dtype,
             "pass": pass_, **dict.fromkeys(keys)}
 
@@ -241,16 +243,33 @@ def _run_impl(impl: Implementation, cases, device, dry_run, peak_gbs, log) -> Li
     return rows
 
 
+#: issue 8's targets: at B = 1 a share of the datasheet bandwidth, else at least fla's speed
+TARGET_PCT_PEAK_B1 = 25.0
+TARGET_VS_FLA = 1.0
+
+
 def _speed_ratios(rows: List[Row]) -> None:
-    """``vs_fla`` on the kernels' rows: fla's time over the kernels' (GPU time when both have one)."""
-    fla = {(r["channel"], r["B"], r["T"], r["dtype"], r["pass"]): r for r in rows
-           if r["impl"] == FLA and r["status"] == "ok"}
+    """On the kernels' rows: ``vs_fla`` = fla's time over the kernels' (GPU time when both have one), and
+    whether issue 8's target is met (None when it cannot be judged: no fla, no peak)."""
+    def key(r: Row):
+        return r["channel"], r["B"], r["T"], r["dtype"], r["pass"]
+
+    fla = {key(r): r for r in rows if r["impl"] == FLA and r["status"] == "ok"}
     for r in rows:
-        other = fla.get((r["channel"], r["B"], r["T"], r["dtype"], r["pass"]))
-        if r["impl"] != KERNELS or r["status"] != "ok" or other is None:
+        if r["impl"] != KERNELS or r["status"] != "ok" or key(r) not in fla:
             continue
+        other = fla[key(r)]
         column = "gpu_ms" if r["gpu_ms"] is not None and other["gpu_ms"] is not None else "ms"
         r["vs_fla"] = other[column] / r[column]
+    for r in rows:
+        if r["impl"] != KERNELS or r["status"] != "ok":
+            continue
+        if r["B"] == 1:
+            r["target"] = f"pct_peak >= {TARGET_PCT_PEAK_B1:g}"
+            r["meets_target"] = None if r["pct_peak"] is None else r["pct_peak"] >= TARGET_PCT_PEAK_B1
+        else:
+            r["target"] = f"vs_fla >= {TARGET_VS_FLA:g}"
+            r["meets_target"] = None if r["vs_fla"] is None else r["vs_fla"] >= TARGET_VS_FLA
 
 
 def run_prefill_section(device: torch.device, dry_run: bool, peak_gbs: Optional[float], log: Log) -> List[Row]:
@@ -277,7 +296,8 @@ def run_prefill_section(device: torch.device, dry_run: bool, peak_gbs: Optional[
                 _speed_ratios(err.rows)
                 raise
     if fla is None:
-        rows.append({"impl": FLA, "status": "not run", "error": f"fla does not import: {fla_error}"})
+        rows.append({**dict.fromkeys(rows[0]), "impl": FLA, "status": "not run",
+                     "error": f"fla does not import: {fla_error}"})
     _speed_ratios(rows)
     failed = [r for r in rows if r["impl"] == KERNELS and r["status"] == "error"]
     if failed:

@@ -128,7 +128,22 @@ def test_fla_comparison_expands_shared_qk_and_records_errors(monkeypatch):
         temporal = got[(prefill.FLA, "temporal", p)]
         assert temporal["status"] == "error" and "K=2 is not supported" in temporal["error"]
         assert got[(prefill.KERNELS, "temporal", p)]["vs_fla"] is None
+        single = got[(prefill.KERNELS, "temporal", p)]  # B = 1: judged by the share of the peak
+        assert single["target"] == "pct_peak >= 25" and single["meets_target"] == (single["pct_peak"] >= 25)
+        assert ours["target"] == "vs_fla >= 1" and ours["meets_target"] == (ours["vs_fla"] >= 1)
     assert got[(prefill.FLA, "positional", "fwd")]["rel_diff_vs_kernels"] < 1e-5
+
+
+def test_prefill_without_fla_records_why(monkeypatch):
+    def no_fla():
+        raise ImportError("No module named 'fla'")
+
+    monkeypatch.setattr(prefill, "load_fla", no_fla)
+    monkeypatch.setattr(prefill, "_cases", lambda dry_run: [("positional", 1, 16, "fp32")])
+    rows = prefill.run_prefill_section(torch.device("cpu"), True, None, lambda msg: None)
+    assert [(r["impl"], r["status"]) for r in rows] == [(prefill.KERNELS, "ok")] * 2 + [(prefill.FLA, "not run")]
+    assert "No module named 'fla'" in rows[-1]["error"] and list(rows[-1]) == list(rows[0])
+    assert rows[0]["pct_peak"] is None and rows[0]["vs_fla"] is None
 
 
 def test_problem_bytes_counts_each_input_and_output_once():
