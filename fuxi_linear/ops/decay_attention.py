@@ -2,14 +2,16 @@
 
 ``backend``:
   * ``"auto"`` — the Triton kernels when the tensors are on CUDA and Triton imports, otherwise the
-    PyTorch reference (the CPU path);
+    PyTorch reference (the CPU path); on CUDA the fallback warns once per process, with the import error;
   * ``"triton"`` — force the kernels (on a CPU this needs ``TRITON_INTERPRET=1`` set before Triton is
-    first imported; it is slow but exact, and is how CI checks the kernels);
+    first imported; it is slow but exact, and is how CI checks the kernels); raises ``RuntimeError`` with the
+    import error when the kernels cannot be loaded;
   * ``"reference"`` — force the chunked PyTorch reference.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -18,30 +20,74 @@ from .reference import chunk_decay_attention_reference, decay_attention_step_ref
 from .validation import check_chunk_inputs, check_step_inputs
 
 BACKENDS = ("auto", "triton", "reference")
+#: The result of importing the Triton backend: not tried yet, None (it loads) or the exception it raised.
+_NOT_TRIED = object()
+_TRITON_IMPORT_RESULT: object = _NOT_TRIED
+#: Set once the "auto" fallback on CUDA has warned, so a process warns once, not once per call.
+_FALLBACK_WARNED = False
+
+
+def _triton_import_error() -> Optional[BaseException]:
+    """The exception that importing the Triton backend raised, or None when it loads.
+
+    Cached: a failed import is not retried on every call (the fallback path would pay for it each time).
+    """
+    global _TRITON_IMPORT_RESULT
+    if _TRITON_IMPORT_RESULT is _NOT_TRIED:
+        try:
+            from . import triton_decay_attention  # noqa: F401
+        except Exception as err:  # ImportError, or Triton failing to find a driver on a machine without a GPU
+            _TRITON_IMPORT_RESULT = err
+        else:
+            _TRITON_IMPORT_RESULT = None
+    return _TRITON_IMPORT_RESULT
+
+
+def _is_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 def triton_available() -> bool:
     """True when the Triton backend can run here (Triton imports and the kernels module loads)."""
-    try:
-        from . import triton_decay_attention  # noqa: F401
-    except Exception:  # ImportError, or Triton failing to find a driver on a machine without a GPU
-        return False
-    return True
+    return _triton_import_error() is None
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` to ``"triton"`` or ``"reference"`` for tensors on ``device``."""
+    """Map ``backend`` to ``"triton"`` or ``"reference"`` for tensors on ``device``.
+
+    On CUDA a missing backend is never silent: ``"triton"`` raises ``RuntimeError`` carrying the import
+    error, and ``"auto"`` warns (``RuntimeWarning``, once per process) that it runs the PyTorch reference.
+    """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    global _FALLBACK_WARNED
+    if backend == "reference" or (backend == "auto" and not _is_cuda(device)):
+        return "reference"
+    err = _triton_import_error()
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "reference"
-    if backend == "triton":
-        if not triton_available():
-            raise RuntimeError("backend='triton' was requested but the Triton kernels cannot be loaded here")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 (set before importing triton)"
+        if err is None:
+            return "triton"
+        if not _FALLBACK_WARNED:
+            _FALLBACK_WARNED = True
+            warnings.warn(
+                "backend='auto' on CUDA falls back to the PyTorch reference (much slower) because the Triton "
+                f"kernels cannot be loaded: {_describe(err)}",
+                RuntimeWarning,
+                stacklevel=3,
             )
+        return "reference"
+    if err is not None:
+        raise RuntimeError(
+            f"backend='triton' was requested but the Triton kernels cannot be loaded: {_describe(err)}"
+        ) from err
+    if not _is_cuda(device) and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 (set before importing triton)"
+        )
     return backend
 
 
