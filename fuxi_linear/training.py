@@ -32,8 +32,8 @@ import torch
 from .acceleration import PRECISIONS, autocast_dtype, check_compile_backend
 from .data import DATASET_NAMES, SYNTHETIC_TEMPORAL_PERIODS, default_temporal_periods, leave_one_out, load_dataset, make_loader
 from .data import collate_batch
-from .distributed import (DistributedContext, combine_metrics, global_batches, rank_share, setup_distributed,
-                          shard_range)
+from .distributed import (DistributedContext, combine_metrics, global_batches, launched_world_size, rank_share,
+                          setup_distributed, shard_range)
 from .evaluation import evaluate_full_ranking
 from .objective import SampledSoftmaxObjective, example_keys
 from .schedule import should_stop_early, warmup_lr
@@ -387,6 +387,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     Started by ``torchrun`` (``WORLD_SIZE > 1``), the process joins the group, trains its share of every global
     batch and returns the same metrics as rank 0, which alone logs and writes the output folder.
     """
+    cfg.batch_sizes(launched_world_size())  # a world size that does not divide the batch fails before joining
     ctx = setup_distributed(cfg.device, resolve_device)
     try:
         return _train(cfg, resume, log if ctx.is_main else (lambda message: None), ctx)
