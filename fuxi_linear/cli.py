@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from .data import DATASET_NAMES
+from .acceleration import PRECISIONS
 from .training import MODEL_NAMES, PRESETS, TrainConfig, evaluate_checkpoint, train
 
 
@@ -34,8 +35,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int)
     p.add_argument("--qk-dim", type=int)
     p.add_argument("--dropout", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help=f"training examples per step and per process (default "
+                   f"{d.batch_size}; with torchrun N processes the global batch is N times this)")
+    p.add_argument("--global-batch-size", type=int, help="instead of --batch-size: examples per step over all "
+                   "processes (must be divisible by their number)")
+    p.add_argument("--eval-batch-size", type=int, help="evaluation batch per process")
     p.add_argument("--lr", type=float)
     p.add_argument("--num-negatives", type=int)
     p.add_argument("--seed", type=int)
@@ -64,16 +68,27 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="column names for --dataset csv")
     p.add_argument("--csv-time-unit", choices=("s", "ms"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: autocast of the encoder to "
+                   "bfloat16 on CUDA or a CPU that supports it; weights, optimizer and loss stay float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--compile-backend", help="torch.compile backend (default inductor; aot_eager needs no C++ "
+                   "compiler)")
+    p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over this many steps")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better validation NDCG@10")
 
 
 _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
            "qk_dim", "dropout", "batch_size", "eval_batch_size", "lr", "num_negatives", "seed", "device", "output",
            "split", "train_stride", "mrr_cap", "temporal_base", "temporal_start", "temporal_stride",
            "temporal_num_periods", "temporal_periods", "backend", "cache_dir", "k_core", "synthetic_users", "synthetic_items",
-           "synthetic_mean_events")
+           "synthetic_mean_events", "global_batch_size", "precision", "compile_backend", "warmup_steps", "patience")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.batch_size is not None and args.global_batch_size is not None:
+        raise ValueError("give --batch-size (per process) or --global-batch-size (over all processes), not both")
+    if args.compile_backend is not None and not args.compile:
+        raise ValueError("--compile-backend needs --compile")
     values = dict(PRESETS[args.preset]) if args.preset else {}
     values.update({k: getattr(args, k) for k in _DIRECT if getattr(args, k) is not None})
     if args.keep_history:
@@ -84,6 +99,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["use_temporal"] = False
     if args.no_progress:
         values["progress"] = False
+    if args.compile:
+        values["compile"] = True
     if args.csv_columns:
         user, item, time_col = args.csv_columns
         values["extra"] = dict(user_col=user, item_col=item, time_col=time_col)

@@ -32,6 +32,8 @@ def sampled_softmax_loss(
     num_negatives: int,
     temperature: float,
     generator: Optional[torch.Generator] = None,
+    negative_ids: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Sampled softmax with uniform negatives, independent of any model class.
 
@@ -47,6 +49,9 @@ def sampled_softmax_loss(
         num_negatives: K >= 1 negatives per row (sampled with replacement).
         temperature: tau > 0.
         generator: optional ``torch.Generator`` on the device of ``positive_ids`` for reproducible sampling.
+        negative_ids: optional ``(M, K)`` int ids in ``[1, N]`` to use instead of drawing them (the training
+            loop draws them as a function of the example, so that data-parallel runs match one process).
+        reduction: ``"mean"`` over rows or ``"sum"``.
     Returns:
         scalar loss tensor.
     """
@@ -71,15 +76,24 @@ def sampled_softmax_loss(
     _positive_int("num_negatives", num_negatives)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
     pos = positive_ids.long()
-    neg = torch.randint(1, num_items + 1, (M, num_negatives), device=pos.device, generator=generator)
+    if negative_ids is None:
+        neg = torch.randint(1, num_items + 1, (M, num_negatives), device=pos.device, generator=generator)
+    else:
+        check_item_ids("negative_ids", negative_ids, 2, num_items, "(M, K)")
+        if negative_ids.shape[0] != M or negative_ids.shape[1] < 1 or int(negative_ids.min()) < 1:
+            raise ValueError(f"negative_ids must be real items in [1, N] of shape (M={M}, K >= 1), got shape "
+                             f"{tuple(negative_ids.shape)}")
+        neg = negative_ids.long()
     pos_logit = (user_vectors * item_vectors[pos]).sum(-1, keepdim=True)  # (M, 1)
     # (M, K): gathering K rows per user is O(M K D), cheaper than scoring the whole catalogue.
     neg_logit = torch.einsum("md,mkd->mk", user_vectors, item_vectors[neg])
     neg_logit = neg_logit.masked_fill(neg == pos[:, None], float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros_like(pos))
+    return F.cross_entropy(logits, torch.zeros_like(pos), reduction=reduction)
 
 
 def next_item_targets(

@@ -5,13 +5,19 @@
 
 Output folder ``DIR``: ``checkpoint.pt`` (the best epoch by validation NDCG@10; with the 2-way split, the
 last epoch), ``last.pt`` (for ``--resume``) and ``metrics.json`` =
-``{"validation": {...}, "test": {...}, "config": {...}}``. Every file is written to a temporary name and
-renamed, so an interrupted run never leaves a half-written file.
+``{"validation": {...}, "test": {...}, "config": {...}, "throughput": {...}, ...}``. Every file is written to a
+temporary name and renamed, so an interrupted run never leaves a half-written file.
+
+Under ``torchrun`` (``fuxi_linear.distributed``) every process trains on its share of each global batch through
+``DistributedDataParallel``; rank 0 alone logs and writes files; evaluation is sharded over the ranks. One step
+equals a single-process step on the whole global batch: the loss is normalised by the global number of predicted
+positions and the sampled negatives are a function of the example (``fuxi_linear.objective``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import shutil
@@ -23,8 +29,14 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
+from .acceleration import PRECISIONS, autocast_dtype, check_compile_backend
 from .data import DATASET_NAMES, SYNTHETIC_TEMPORAL_PERIODS, default_temporal_periods, leave_one_out, load_dataset, make_loader
+from .data import collate_batch
+from .distributed import (DistributedContext, combine_metrics, global_batches, launched_world_size, rank_share,
+                          setup_distributed, shard_range)
 from .evaluation import evaluate_full_ranking
+from .objective import SampledSoftmaxObjective, example_keys
+from .schedule import should_stop_early, warmup_lr
 
 MODEL_NAMES = ("fuxi-linear", "sasrec", "hstu", "fuxi-alpha")
 CHECKPOINT_FORMAT = 1
@@ -90,6 +102,14 @@ class TrainConfig:
     max_eval_batches: Optional[int] = None
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)  # loader kwargs, e.g. csv column names
+    # speed and scale
+    precision: str = "fp32"  # "bf16": autocast of the encoder; weights, optimizer and loss stay float32
+    compile: bool = False  # torch.compile of the training forward
+    compile_backend: str = "inductor"
+    global_batch_size: Optional[int] = None  # set: batch_size per rank = global_batch_size / world size
+    # schedule
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps
+    patience: Optional[int] = None  # stop after this many epochs without a better validation NDCG@10
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_NAMES:
@@ -107,6 +127,29 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.split not in ("3way", "2way"):
             raise ValueError(f"split must be '3way' or '2way', got {self.split!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("global_batch_size", "patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if self.patience is not None and self.split != "3way":
+            raise ValueError("patience (early stopping on validation NDCG@10) needs the validation split "
+                             "(split='3way'), got split='2way'")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(f"compile_backend must be a backend name, got {self.compile_backend!r}")
+
+    def batch_sizes(self, world_size: int) -> tuple:
+        """``(per-rank, global)`` training batch sizes for ``world_size`` processes: ``batch_size`` is per rank
+        unless ``global_batch_size`` is set, which must then be divisible by the world size."""
+        if self.global_batch_size is None:
+            return self.batch_size, self.batch_size * world_size
+        if self.global_batch_size % world_size:
+            raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by the world size "
+                             f"{world_size} (torchrun --nproc_per_node x nodes); pick a multiple of {world_size}")
+        return self.global_batch_size // world_size, self.global_batch_size
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,14 +223,28 @@ def last_user_vectors(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) ->
     return users[torch.arange(users.shape[0], device=users.device), batch["lengths"] - 1]
 
 
-def evaluate(model, dataset, cfg: TrainConfig, device: torch.device, desc: str) -> Dict[str, float]:
-    """Full-ranking metrics (SPEC §7) of ``model`` on a split."""
+def evaluate(model, dataset, cfg: TrainConfig, device: torch.device, desc: str,
+             ctx: Optional[DistributedContext] = None) -> Dict[str, float]:
+    """Full-ranking metrics (SPEC §7) of ``model`` on a split, in float32.
+
+    With several processes (``ctx``) each rank ranks a contiguous shard and the metrics are combined over all
+    examples (equal to one process's up to float rounding). ``cfg.max_eval_batches`` keeps the first
+    ``max_eval_batches * eval_batch_size`` examples.
+    """
+    ctx = ctx if ctx is not None else DistributedContext(device=device)
     model.eval()
-    loader = make_loader(dataset, cfg.eval_batch_size)
-    batches = _progress(loader, cfg.progress, desc=desc, leave=False)
-    return evaluate_full_ranking(lambda b: last_user_vectors(model, b), model.item_vectors, batches,
-                                 mrr_cap=cfg.mrr_cap, exclude_history=cfg.exclude_history, device=device,
-                                 max_batches=cfg.max_eval_batches)
+    n = len(dataset)
+    if cfg.max_eval_batches is not None:
+        n = min(n, cfg.max_eval_batches * cfg.eval_batch_size)
+    lo, hi = shard_range(n, ctx.rank, ctx.world_size)
+    local = None
+    if hi > lo:
+        shard = dataset if (lo, hi) == (0, len(dataset)) else torch.utils.data.Subset(dataset, range(lo, hi))
+        loader = make_loader(shard, cfg.eval_batch_size)
+        batches = _progress(loader, cfg.progress and ctx.is_main, desc=desc, leave=False)
+        local = evaluate_full_ranking(lambda b: last_user_vectors(model, b), model.item_vectors, batches,
+                                      mrr_cap=cfg.mrr_cap, exclude_history=cfg.exclude_history, device=device)
+    return combine_metrics(ctx.all_gather_object(local))
 
 
 def _progress(iterable, enabled: bool, **kwargs):
@@ -216,10 +273,12 @@ def _atomic_write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _checkpoint(model, optimizer, cfg, kwargs, epoch, best, history) -> Dict[str, Any]:
+def _checkpoint(model, optimizer, cfg, kwargs, epoch, best, history, step, world_size,
+                global_batch_size) -> Dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "model_name": cfg.model, "model_kwargs": kwargs,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "epoch": epoch,
-            "best_validation": best, "history": history, "train_config": cfg.to_dict()}
+            "best_validation": best, "history": history, "train_config": cfg.to_dict(), "step": step,
+            "world_size": world_size, "global_batch_size": global_batch_size}
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
@@ -242,9 +301,107 @@ def model_from_checkpoint(ckpt: Dict[str, Any], device: torch.device) -> torch.n
     return model.to(device)
 
 
+def _wrap_for_training(objective: torch.nn.Module, cfg: TrainConfig, ctx: DistributedContext) -> torch.nn.Module:
+    """DistributedDataParallel around the objective (several processes), then ``torch.compile`` (``--compile``),
+    the order the DDP documentation recommends."""
+    module = objective
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # With the temporal channel switched off its parameters get no gradient, which DDP must be told.
+        unused = cfg.model == "fuxi-linear" and not cfg.use_temporal
+        module = DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+                                         find_unused_parameters=unused)
+    if cfg.compile:
+        module = torch.compile(module, backend=cfg.compile_backend)
+    return module
+
+
+def _check_resume_scale(ckpt: Dict[str, Any], resume: str, world_size: int, global_batch_size: int) -> None:
+    """A run may resume on another number of processes only with the same global batch (the data order and the
+    steps are then those of the interrupted run)."""
+    prev_world = int(ckpt.get("world_size", 1))
+    prev_global = ckpt.get("global_batch_size", ckpt["train_config"].get("batch_size"))
+    if prev_world != world_size and prev_global != global_batch_size:
+        raise ValueError(
+            f"checkpoint {resume} was trained by {prev_world} process(es) with a global batch of {prev_global}; "
+            f"{world_size} process(es) with this --batch-size make a global batch of {global_batch_size}. Resume "
+            f"with {prev_world} process(es), or pass --global-batch-size {prev_global}"
+        )
+
+
+def _train_epoch(step_module, optimizer, dataset, cfg: TrainConfig, ctx: DistributedContext, epoch: int,
+                 step: int, global_batch: int) -> tuple:
+    """One epoch over this rank's shares of the global batches. Returns ``(mean loss, next step, throughput)``."""
+    shares, weights = [], []
+    for batch in global_batches(len(dataset), global_batch, cfg.seed, epoch):
+        share = rank_share(batch, ctx.rank, ctx.world_size)
+        # an empty share of a short last batch: one example with weight 0 keeps this rank in the all-reduce
+        shares.append(share if len(share) else batch[:1])
+        weights.append(1.0 if len(share) else 0.0)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[s.tolist() for s in shares],
+                                         collate_fn=collate_batch)
+    bar = _progress(zip(shares, weights, loader), cfg.progress and ctx.is_main, total=len(shares),
+                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    device = ctx.device
+    total_loss, num_steps = 0.0, 0
+    counts = torch.zeros(2, dtype=torch.float64)  # events (input positions) and examples of this rank
+    started = time.perf_counter()
+    for share, weight, batch in bar:
+        counts += weight * torch.tensor([float(batch["lengths"].sum()), float(len(share))], dtype=torch.float64)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        keys = example_keys(cfg.seed, epoch, torch.as_tensor(share, dtype=torch.int64)).to(device)
+        lr = warmup_lr(cfg.lr, step, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, count = step_module(batch["item_ids"], batch["timestamps"], batch["lengths"],
+                                      batch["query_timestamps"], batch["target_ids"], keys)
+        if weight == 0.0:
+            loss_sum, count = loss_sum * 0.0, count * 0
+        # the global sum and count of the step: the loss is normalised by the global number of positions
+        totals = ctx.all_reduce_sum(torch.stack([count.to(torch.float64), loss_sum.detach().to(torch.float64)]))
+        step_loss = float(totals[1] / totals[0])
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"the loss became {step_loss} at epoch {epoch + 1}; lower --lr")
+        loss = loss_sum * (ctx.world_size / totals[0].to(loss_sum.dtype))  # DDP averages over the ranks
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total_loss += step_loss
+        num_steps += 1
+        if cfg.progress and ctx.is_main:
+            bar.set_postfix(loss=f"{total_loss / num_steps:.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    events, users = ctx.all_reduce_sum(counts.to(device)).tolist()
+    throughput = {"train_seconds": round(seconds, 3), "events": int(events), "users": int(users),
+                  "events_per_s": round(events / seconds, 1), "users_per_s": round(users / seconds, 2)}
+    return total_loss / max(num_steps, 1), step, throughput
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.dataset``; returns (and writes) the metrics dict."""
-    device = resolve_device(cfg.device)
+    """Train ``cfg.model`` on ``cfg.dataset``; returns (and writes) the metrics dict.
+
+    Started by ``torchrun`` (``WORLD_SIZE > 1``), the process joins the group, trains its share of every global
+    batch and returns the same metrics as rank 0, which alone logs and writes the output folder.
+    """
+    cfg.batch_sizes(launched_world_size())  # a world size that does not divide the batch fails before joining
+    ctx = setup_distributed(cfg.device, resolve_device)
+    try:
+        return _train(cfg, resume, log if ctx.is_main else (lambda message: None), ctx)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, resume: Optional[str], log: Callable[[str], None],
+           ctx: DistributedContext) -> Dict[str, Any]:
+    device = ctx.device
+    per_rank_batch, global_batch = cfg.batch_sizes(ctx.world_size)
+    dtype = autocast_dtype(cfg.precision, device)
+    if cfg.compile:
+        check_compile_backend(cfg.compile_backend, device)
     seed_everything(cfg.seed)
     started = time.time()
     data = load_log(cfg)
@@ -257,8 +414,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         raise ValueError("the training split is empty: every user has fewer than 2 training events")
     kwargs = model_kwargs(cfg, data.num_items, data.timestamp_unit)
     model = build(cfg.model, kwargs).to(device)
+    if ctx.rank:  # different dropout masks on every rank (the initial weights are rank 0's: DDP broadcasts them)
+        torch.manual_seed(cfg.seed + ctx.rank)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    start_epoch, best, history = 0, None, []
+    start_epoch, best, history, step = 0, None, [], 0
     if resume is not None:
         ckpt = load_checkpoint(resume, map_location=device)
         if ckpt["model_name"] != cfg.model or ckpt["model_kwargs"] != kwargs:
@@ -266,65 +425,80 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
                 f"checkpoint {resume} was trained with another configuration: "
                 f"{ckpt['model_name']} {ckpt['model_kwargs']} vs {cfg.model} {kwargs}"
             )
+        _check_resume_scale(ckpt, resume, ctx.world_size, global_batch)
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best_validation"], ckpt["history"]
+        step = int(ckpt.get("step", 0))
         log(f"resumed from {resume} at epoch {start_epoch}")
     num_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.model} ({num_params:,} parameters) on {device}")
+    scale = (f" | {ctx.world_size} processes ({ctx.backend}), batch {per_rank_batch} per process = "
+             f"{global_batch} global" if ctx.active else "")
+    log(f"model: {cfg.model} ({num_params:,} parameters) on {device} | {cfg.precision}"
+        + (f" | compiled ({cfg.compile_backend})" if cfg.compile else "") + scale)
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)  # only after data and model were built without error
-    if resume is not None and not (out / "checkpoint.pt").exists():
-        # resuming into a new folder: bring the best checkpoint so far along, or start the "best" afresh
-        best_so_far = Path(resume).with_name("checkpoint.pt")
-        if best_so_far.is_file():
-            _atomic_copy(best_so_far, out / "checkpoint.pt")
-        else:
-            best = None
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)  # only after data and model were built without error
+        if resume is not None and not (out / "checkpoint.pt").exists():
+            # resuming into a new folder: bring the best checkpoint so far along, or start the "best" afresh
+            best_so_far = Path(resume).with_name("checkpoint.pt")
+            if best_so_far.is_file():
+                _atomic_copy(best_so_far, out / "checkpoint.pt")
+            else:
+                best = None
+    best = ctx.broadcast_object(best)  # every rank takes rank 0's view (it decides the early stop too)
+    step_module = _wrap_for_training(SampledSoftmaxObjective(model, dtype), cfg, ctx)
+    stopped_after = None
+    runs = []
     for epoch in range(start_epoch, cfg.epochs):
+        if should_stop_early(best, epoch, cfg.patience):  # checked before each epoch: a resumed run too
+            stopped_after = epoch
+            log(f"early stop: no better validation NDCG@10 for {cfg.patience} epochs (best epoch {best['epoch']})")
+            break
         model.train()
-        loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
-        total, count = 0.0, 0
-        bar = _progress(loader, cfg.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for batch in bar:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model.loss(batch["item_ids"], batch["timestamps"], batch["lengths"], batch["query_timestamps"],
-                              target_ids=batch["target_ids"], generator=generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            count += 1
-            if cfg.progress:
-                bar.set_postfix(loss=f"{total / count:.4f}")
-        entry: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        train_loss, step, throughput = _train_epoch(step_module, optimizer, splits.train, cfg, ctx, epoch, step,
+                                                    global_batch)
+        runs.append(throughput)
+        entry: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
+                                 "lr": optimizer.param_groups[0]["lr"], "steps": step, **throughput}
         if splits.valid is not None:
-            entry["validation"] = evaluate(model, splits.valid, cfg, device, "validation")
+            entry["validation"] = evaluate(model, splits.valid, cfg, device, "validation", ctx)
             improved = best is None or entry["validation"]["ndcg@10"] > best["ndcg@10"]
         else:
             improved = True
         history.append(entry)
         if improved:
             best = dict(entry.get("validation", {}), epoch=epoch + 1)
-        _atomic_save(_checkpoint(model, optimizer, cfg, kwargs, epoch, best, history), out / "last.pt")
-        if improved:  # the best epoch so far: the same file, copied rather than serialised twice
-            _atomic_copy(out / "last.pt", out / "checkpoint.pt")
+        if ctx.is_main:
+            _atomic_save(_checkpoint(model, optimizer, cfg, kwargs, epoch, best, history, step, ctx.world_size,
+                                     global_batch), out / "last.pt")
+            if improved:  # the best epoch so far: the same file, copied rather than serialised twice
+                _atomic_copy(out / "last.pt", out / "checkpoint.pt")
         val = entry.get("validation")
         log(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}"
             + (f" | valid ndcg@10 {val['ndcg@10']:.4f} hr@10 {val['hr@10']:.4f} mrr {val['mrr']:.4f}" if val else "")
-            + (" (best)" if improved else ""))
-    best_ckpt = load_checkpoint(out / "checkpoint.pt", map_location=device)
-    model.load_state_dict(best_ckpt["model_state"])
-    test = evaluate(model, splits.test, cfg, device, "test")
+            + (" (best)" if improved else "")
+            + f" | {throughput['events_per_s']:,.0f} events/s, {throughput['users_per_s']:,.1f} users/s")
+    if ctx.is_main:
+        model.load_state_dict(load_checkpoint(out / "checkpoint.pt", map_location=device)["model_state"])
+    ctx.broadcast_module_state(model)
+    test = evaluate(model, splits.test, cfg, device, "test", ctx)
+    seconds = sum(r["train_seconds"] for r in runs)
     metrics = {"validation": best if splits.valid is not None else None, "test": test, "config": cfg.to_dict(),
                "model_kwargs": kwargs, "num_parameters": num_params, "history": history,
-               "seconds": round(time.time() - started, 1)}
-    _atomic_write_json(metrics, out / "metrics.json")
+               "seconds": round(time.time() - started, 1),
+               "throughput": ({"train_seconds": round(seconds, 3),
+                               "events_per_s": round(sum(r["events"] for r in runs) / seconds, 1),
+                               "users_per_s": round(sum(r["users"] for r in runs) / seconds, 2)}
+                              if runs else None),
+               "distributed": {"world_size": ctx.world_size, "backend": ctx.backend,
+                               "per_rank_batch_size": per_rank_batch, "global_batch_size": global_batch},
+               "early_stopping": {"patience": cfg.patience, "stopped_after_epoch": stopped_after,
+                                  "best_epoch": best["epoch"] if best else None}}
+    if ctx.is_main:
+        _atomic_write_json(metrics, out / "metrics.json")
     log("test: " + " ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "num_examples")
-        + f" ({test['num_examples']} users) | best epoch {best['epoch']} | wrote {out / 'metrics.json'}")
+        + f" ({test['num_examples']:.0f} users) | best epoch {best['epoch']} | wrote {out / 'metrics.json'}")
     return metrics
 
 

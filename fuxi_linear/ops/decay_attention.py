@@ -129,10 +129,13 @@ def chunk_decay_attention(
             q, k, v, g=g, g_gamma=g_gamma, scale=float(scale), initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
-    return chunk_decay_attention_reference(
-        q, k, v, g=g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-    )
+    # The reference computes half inputs in float32, as the kernels accumulate in float32; an enclosing autocast
+    # would run its products in bf16 and round the states, so it is switched off here.
+    with torch.autocast(v.device.type if isinstance(v, torch.Tensor) else "cpu", enabled=False):
+        return chunk_decay_attention_reference(
+            q, k, v, g=g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
 
 
 def decay_attention_step(
