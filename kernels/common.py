@@ -24,7 +24,7 @@ so the value at the chunk's last row is the value at its last valid token.
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
 
 
 @triton.jit

@@ -103,6 +103,7 @@ def _check_head_dims(K: int) -> None:
         raise ValueError(f"the Triton kernels support q/k head dims K <= {MAX_K}, got K={K}")
 
 
+
 def _decay_mode(g, g_gamma) -> int:
     return 1 if g is not None else (2 if g_gamma is not None else 0)
 
@@ -129,17 +130,10 @@ def _rows(x: Optional[torch.Tensor], zero_batch: bool = False) -> Tuple[Optional
 # ----------------------------------------------------------------------------------------------------------
 
 class _Plan(NamedTuple):
-    """Kernel family, blocks and work items of one prefill launch."""
+    """Kernel configuration and work items of one prefill launch."""
 
-    small: bool
-    BT: int
-    BK: int
-    BV: int
-    HB: int
-    NV: int
+    cfg: configs.LaunchConfig
     head_programs: int  # programs per work item: heads x V-blocks, or head blocks
-    num_warps: int
-    num_stages: int
     split: bool
     L: int  # segment length (tokens) when split, else 1
     NS: int  # segments per sequence when split and not packed, else 1
@@ -160,28 +154,18 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNTS[idx]
 
 
-def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, chunk_size: int,
+def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, half: bool, chunk_size: int,
           cu_seqlens: Optional[torch.Tensor], device: torch.device) -> _Plan:
-    _check_head_dims(K)
-    small = configs.uses_small_heads(K, V) if SMALL_HEADS is None else SMALL_HEADS
-    cfg = configs.prefill_config(kernel, K, V, precision, small_heads=small)
-    BT = chunk_size or DEFAULT_CHUNK_SIZE or cfg.BT
-    if small:
-        BK, BV = triton.next_power_of_2(K), triton.next_power_of_2(V)
-        HB = min(cfg.HB, triton.next_power_of_2(H))
-        NV, head_programs = 1, triton.cdiv(H, HB)
-    else:
-        BK, BV, HB = max(16, triton.next_power_of_2(K)), cfg.BV, 1
-        NV = triton.cdiv(V, BV)
-        head_programs = H * NV
-    base = dict(small=small, BT=BT, BK=BK, BV=BV, HB=HB, NV=NV, head_programs=head_programs,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg = configs.prefill_config(kernel, H, K, V, precision, half_inputs=half, small_heads=SMALL_HEADS,
+                                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE or 0)
+    head_programs = configs.programs_per_work_item(cfg, H)
+    base = dict(cfg=cfg, head_programs=head_programs)
     no_split = _Plan(**base, split=False, L=1, NS=1, n_work=N, seg_first=None, seg_seq=None)
     mean_len = T if cu_seqlens is None else math.ceil(T / N)
     if SEGMENT_TOKENS is None:
-        L = configs.segment_length(N * head_programs, mean_len, BT, _sm_count(device))
+        L = configs.segment_length(N * head_programs, mean_len, cfg.BT, _sm_count(device))
     elif SEGMENT_TOKENS > 0:
-        L = triton.cdiv(SEGMENT_TOKENS, BT) * BT
+        L = triton.cdiv(SEGMENT_TOKENS, cfg.BT) * cfg.BT
     else:
         L = None
     if L is None:
@@ -203,8 +187,13 @@ def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, c
                  seg_first=first.to(device, torch.int32), seg_seq=seq.to(device, torch.int32))
 
 
-def _launch_opts(plan: _Plan) -> dict:
-    return dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+def _blocks(plan: _Plan) -> dict:
+    """Block constexprs and launch options of a main kernel."""
+    c = plan.cfg
+    blocks = dict(BT=c.BT, BK=c.BK, BV=c.BV, num_warps=c.num_warps, num_stages=c.num_stages)
+    if c.small:
+        blocks["HB"] = c.HB
+    return blocks
 
 
 def _segment_boundaries(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final, cu_seqlens, scale, N, T,
@@ -213,23 +202,25 @@ def _segment_boundaries(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_fin
     ``h_init`` = initial state, ``h_final`` <- final state) or gradients w.r.t. the state at each segment's
     end (``reverse``; x = q, y = do, ``h_init`` = d final state, ``h_final`` <- d initial state)."""
     dev = y.device
-    sum_cfg = configs.prefill_config("summary", K, V, precision, small_heads=False)
-    BK = max(16, triton.next_power_of_2(K))
-    BV = sum_cfg.BV
-    NV = triton.cdiv(V, BV)
+    # the summary kernel's own chunk length, a power of two dividing L (so its chunks tile every segment)
+    half = y.dtype in (torch.float16, torch.bfloat16)
+    sum_cfg = configs.prefill_config("summary", H, K, V, precision, half_inputs=half)
+    scan_cfg = configs.prefill_config("scan", H, K, V, precision)
+    BK, BV, NV = sum_cfg.BK, sum_cfg.BV, sum_cfg.NV
     summary = _new((plan.n_work, H, K, V), acc, dev)
     seg_decay = _new((plan.n_work, H), acc, dev)
     segment_summary_kernel[(plan.n_work * H * NV,)](
         x, y, g, g_gamma, summary, seg_decay, cu_seqlens, plan.seg_first, plan.seg_seq,
         *sx, *sy, *sg, float(scale), T, plan.L, plan.NS,
-        H=H, K=K, V=V, BT=plan.BT, BK=BK, BV=BV, DECAY=mode, IS_VARLEN=cu_seqlens is not None,
+        H=H, K=K, V=V, BT=min(sum_cfg.BT, plan.L & -plan.L), BK=BK, BV=BV, DECAY=mode,
+        IS_VARLEN=cu_seqlens is not None,
         REVERSE=reverse, PRECISION=precision, num_warps=sum_cfg.num_warps, num_stages=sum_cfg.num_stages,
     )
     boundary = _new((plan.n_work, H, K, V), acc, dev)
     segment_scan_kernel[(N * H * NV,)](
         summary, seg_decay, boundary, h_init, h_final, plan.seg_first, plan.NS,
         H=H, K=K, V=V, BK=BK, BV=BV, USE_INIT=h_init is not None, STORE_FINAL=h_final is not None,
-        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, num_warps=1 if BK * BV <= 1024 else 4,
+        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, num_warps=scan_cfg.num_warps,
     )
     return boundary
 
@@ -255,7 +246,8 @@ def _fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size)
     shared = q.shape[0] != B
     acc, dev, mode = _acc_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
     precision = _precision(v.dtype)
-    plan = _plan("fwd", K, V, H, N, T, precision, chunk_size, cu_seqlens, dev)
+    half = v.dtype in (torch.float16, torch.bfloat16)
+    plan = _plan("fwd", K, V, H, N, T, precision, half, chunk_size, cu_seqlens, dev)
     q, sq = _rows(q, shared or varlen)
     k, sk = _rows(k, shared or varlen)
     v, sv = _rows(v, varlen)
@@ -268,10 +260,10 @@ def _fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size)
     if plan.split:
         h_in = _segment_boundaries(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
                                    mode, acc, precision, reverse=False)
-    common = dict(H=H, K=K, V=V, BT=plan.BT, BK=plan.BK, BV=plan.BV, DECAY=mode, USE_H0=h0 is not None,
-                  IS_VARLEN=varlen, SPLIT=plan.split, **_launch_opts(plan))
-    kernel = small_heads_fwd_kernel if plan.small else decay_attn_fwd_kernel
-    extra = dict(HB=plan.HB) if plan.small else dict(PRECISION=precision)
+    common = dict(H=H, K=K, V=V, DECAY=mode, USE_H0=h0 is not None, IS_VARLEN=varlen, SPLIT=plan.split,
+                  **_blocks(plan))
+    kernel = small_heads_fwd_kernel if plan.cfg.small else decay_attn_fwd_kernel
+    extra = {} if plan.cfg.small else dict(PRECISION=precision)
     kernel[(plan.n_work * plan.head_programs,)](
         q, k, v, g, g_gamma, h_in, o, ht, cu_seqlens, plan.seg_first, plan.seg_seq,
         *sq, *sk, *sv, *sg, *so, float(scale), T, plan.L, plan.NS, **common, **extra,
@@ -328,9 +320,10 @@ def _bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, ch
     ht = _new((N, H, K, V), acc, dev) if need_final else None
     plans = {}
     for kernel in ("bwd_dq", "bwd_dkv"):
-        plans[kernel] = _plan(kernel, K, V, H, N, T, precision, chunk_size, cu_seqlens, dev)
+        plans[kernel] = _plan(kernel, K, V, H, N, T, precision, v.dtype in (torch.float16, torch.bfloat16),
+                              chunk_size, cu_seqlens, dev)
     # dq/dk rows get contributions from several programs when q/k are shared or V is split into blocks
-    atomic = shared or plans["bwd_dq"].NV > 1 or plans["bwd_dkv"].NV > 1
+    atomic = shared or plans["bwd_dq"].cfg.NV > 1 or plans["bwd_dkv"].cfg.NV > 1
     alloc = (lambda shape: torch.zeros(shape, dtype=acc, device=dev)) if atomic else (lambda s: _new(s, acc, dev))
     dq = alloc((Bq, T, H, K))
     dk = alloc((Bq, T, H, K))
@@ -339,7 +332,7 @@ def _bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, ch
     _, sdv = _rows(dv, varlen)
     scalars = {}
     for kernel, plan in plans.items():
-        scalars[kernel] = _new((plan.NV, B * T, H), acc, dev) if mode > 0 else None
+        scalars[kernel] = _new((plan.cfg.NV, B * T, H), acc, dev) if mode > 0 else None
 
     # ---- dq (forward direction: the state entering each work item) ----
     plan = plans["bwd_dq"]
@@ -347,10 +340,9 @@ def _bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, ch
     if plan.split:
         h_in = _segment_boundaries(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
                                    mode, acc, precision, reverse=False)
-    common = dict(H=H, K=K, V=V, BT=plan.BT, BK=plan.BK, BV=plan.BV, DECAY=mode, IS_VARLEN=varlen,
-                  SPLIT=plan.split, ATOMIC=atomic, **_launch_opts(plan))
-    kernel = small_heads_bwd_dq_kernel if plan.small else decay_attn_bwd_dq_kernel
-    extra = dict(HB=plan.HB) if plan.small else dict(PRECISION=precision)
+    common = dict(H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic, **_blocks(plan))
+    kernel = small_heads_bwd_dq_kernel if plan.cfg.small else decay_attn_bwd_dq_kernel
+    extra = {} if plan.cfg.small else dict(PRECISION=precision)
     kernel[(plan.n_work * plan.head_programs,)](
         q, k, v, g, g_gamma, do, h_in, dq, scalars["bwd_dq"], ht, cu_seqlens, plan.seg_first, plan.seg_seq,
         *sq, *sk, *sv, *sg, *sd, *sdq, float(scale), T, B * T, plan.L, plan.NS,
@@ -363,10 +355,9 @@ def _bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, ch
     if plan.split:
         dh_in = _segment_boundaries(plan, q, sq, do, sd, g, sg, g_gamma, dht, dh0, cu_seqlens, scale, N, T, H, K, V,
                                     mode, acc, precision, reverse=True)
-    common = dict(H=H, K=K, V=V, BT=plan.BT, BK=plan.BK, BV=plan.BV, DECAY=mode, IS_VARLEN=varlen,
-                  SPLIT=plan.split, ATOMIC=atomic, **_launch_opts(plan))
-    kernel = small_heads_bwd_dkv_kernel if plan.small else decay_attn_bwd_dkv_kernel
-    extra = dict(HB=plan.HB) if plan.small else dict(PRECISION=precision)
+    common = dict(H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic, **_blocks(plan))
+    kernel = small_heads_bwd_dkv_kernel if plan.cfg.small else decay_attn_bwd_dkv_kernel
+    extra = {} if plan.cfg.small else dict(PRECISION=precision)
     kernel[(plan.n_work * plan.head_programs,)](
         q, k, v, g, g_gamma, do, dh_in, dk, dv, scalars["bwd_dkv"], dh0, cu_seqlens, plan.seg_first,
         plan.seg_seq, *sq, *sk, *sv, *sg, *sd, *sdk, *sdv, float(scale), T, B * T, plan.L, plan.NS,
