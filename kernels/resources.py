@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -225,7 +225,8 @@ def markdown(rows: Sequence[Resources], arch: int) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fuxi_linear.kernels.resources", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fuxi_linear.kernels.resources",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated subset of {KERNELS}")
     parser.add_argument("--channels", default=",".join(CHANNELS), help=f"comma-separated subset of {tuple(CHANNELS)}")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated subset of {tuple(DTYPES)}")

@@ -33,7 +33,8 @@ def _chunk_decay_heads(g_seq, t0, sg_t, sg_h, o_h, m_h, n_valid, BT: tl.constexp
     o_i = tl.arange(0, BT)
     m_t = o_i < n_valid
     if DECAY == 1:
-        b_g = tl.load(g_seq + t0 * sg_t + o_i[:, None] * sg_t + o_h[None, :] * sg_h, mask=m_t[:, None] & m_h[None, :], other=0.)
+        b_g = tl.load(g_seq + t0 * sg_t + o_i[:, None] * sg_t + o_h[None, :] * sg_h, mask=m_t[:, None] & m_h[None, :],
+                      other=0.)
         hi, lo = cumulative_log2_decay(b_g, ACC)
     else:
         hi = tl.broadcast_to(tl.minimum(o_i + 1, n_valid).to(ACC)[:, None], [BT, HB])

@@ -13,8 +13,7 @@ import sys
 import pytest
 
 try:
-    from triton.backends.compiler import GPUTarget  # noqa: F401
-    import triton.backends.nvidia  # noqa: F401
+    import triton.backends.nvidia  # noqa: F401  (the CUDA compiler backend and its bundled ptxas)
     HAVE_CUDA_BACKEND = True
 except ImportError:  # a triton build without the NVIDIA backend
     HAVE_CUDA_BACKEND = False
