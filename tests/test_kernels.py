@@ -1,106 +1,21 @@
 """Triton kernels of the decay-attention operator against the float64 math (SPEC §1).
 
-Without a GPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set below before Triton
-is imported), on CPU tensors, slow but exact; small shapes and chunk size 16 keep the file fast. With a GPU
-the same checks run compiled on CUDA, and the GPU-only tests (half precision, > 2^31 elements, no
-recompilation for a new T) run too.
-
-Every output buffer the wrapper allocates is filled with NaN first (``POISON_OUTPUTS``), so an element a
-kernel forgets to write fails the comparison.
+Without a GPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set by
+``kernel_helpers`` before Triton is imported), on CPU tensors, slow but exact; small shapes and chunk size 16
+keep the file fast. With a GPU the same checks run compiled on CUDA, and the GPU-only tests (half precision,
+> 2^31 elements, no recompilation for a new T) run too. Split-T, strided inputs, strong decays and compile-time
+resources have their own files (``test_kernel_split.py``, ``test_kernel_numerics.py``,
+``test_kernel_resources.py``).
 """
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
-
-import pytest  # noqa: E402
-
-from fuxi_linear.ops import (  # noqa: E402
-    chunk_decay_attention,
-    decay_attention_step,
-    decay_attention_step_reference,
-    parallel_decay_attention,
+from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, decay_attention_step_reference
+from fuxi_linear.ops import parallel_decay_attention
+from fuxi_linear.ops import triton_decay_attention as tda
+from kernel_helpers import (  # noqa: F401 (kernel_settings: autouse fixture)
+    C, DEVICE, TOL, check_against_math, gpu_only, kernel_settings, make_inputs, rel_rms,
 )
-from fuxi_linear.ops import triton_decay_attention as tda  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-C = 16  # chunk length in these tests (the kernels take any power of two >= 16; production default 64)
-TOL = 1e-5  # relative RMS error of float32 kernels vs the float64 math
-gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(autouse=True)
-def _kernel_settings(monkeypatch):
-    monkeypatch.setattr(tda, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(tda, "FP32_DOT_PRECISION", "ieee")  # exact float32 products (the interpreter's anyway)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", C)
-    torch.manual_seed(0)
-
-
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||``; where the reference is exactly zero (e.g. the decay gradient of a sequence's
-    first token without initial state), the RMS of ``a`` itself (the data are O(1))."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert torch.isfinite(a).all(), "non-finite values (an unwritten output element?)"
-    den = b.norm().item()
-    if den == 0.0:
-        return (a.norm() / max(a.numel(), 1) ** 0.5).item()
-    return ((a - b).norm() / den).item()
-
-
-def make_inputs(B, T, H, K, V, mode, h0=False, shared_qk=False, n_states=None, dtype=torch.float32):
-    Bq = 1 if shared_qk else B
-    x = dict(
-        q=torch.randn(Bq, T, H, K, dtype=dtype),
-        k=torch.randn(Bq, T, H, K, dtype=dtype),
-        v=torch.randn(B, T, H, V, dtype=dtype),
-    )
-    if mode == "g":
-        x["g"] = -0.6 * torch.rand(B, T, H, dtype=dtype)
-    elif mode == "gamma":
-        x["g_gamma"] = -0.3 * torch.rand(H, dtype=dtype) - 0.02
-    if h0:
-        x["initial_state"] = torch.randn(n_states or B, H, K, V, dtype=dtype)
-    return {n: t.to(DEVICE) for n, t in x.items()}
-
-
-def check_against_math(inputs, cu_seqlens=None, scale=1.0, output_final_state=True, tol=TOL):
-    """Outputs, final state and the gradient of every input of the kernels vs float64 autograd."""
-    tri = {n: t.clone().requires_grad_() for n, t in inputs.items()}
-    o, ht = chunk_decay_attention(
-        **tri, scale=scale, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend="triton"
-    )
-    do = torch.randn_like(o)
-    outs, grads = [o], [do]
-    if output_final_state:
-        assert ht.dtype == (torch.float64 if o.dtype == torch.float64 else torch.float32)
-        outs.append(ht)
-        grads.append(torch.randn_like(ht))
-    else:
-        assert ht is None
-    torch.autograd.backward(outs, grads)
-
-    ref = {n: t.detach().double().requires_grad_() for n, t in inputs.items()}
-    o2, ht2 = parallel_decay_attention(
-        **ref, scale=scale, output_final_state=output_final_state, cu_seqlens=cu_seqlens
-    )
-    outs2 = [o2] + ([ht2] if output_final_state else [])
-    torch.autograd.backward(outs2, [x.double() for x in grads])
-
-    errors = {"o": rel_rms(o, o2)}
-    if output_final_state:
-        errors["final_state"] = rel_rms(ht, ht2)
-    for name in inputs:
-        assert tri[name].grad is not None, f"no gradient for {name}"
-        assert tri[name].grad.shape == inputs[name].shape and tri[name].grad.dtype == inputs[name].dtype
-        errors["d" + name] = rel_rms(tri[name].grad, ref[name].grad)
-    tols = {n: (tol.get(n, tol["default"]) if isinstance(tol, dict) else tol) for n in errors}
-    bad = {n: e for n, e in errors.items() if not e <= tols[n]}
-    assert not bad, f"relative RMS errors above {tol}: {bad} (all: {errors})"
-    return errors
 
 
 # ---------------------------------------------------------------------------------------------- prefill
@@ -127,7 +42,10 @@ def test_prefill_head_dims(H, K, V):
 
 @pytest.mark.parametrize("mode", ["none", "g", "gamma"])
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
-def test_prefill_varlen(mode, h0):
+@pytest.mark.parametrize("small_heads", [True, False], ids=["small_heads", "general"])
+def test_prefill_varlen(mode, h0, small_heads, monkeypatch):
+    """Packed sequences, on both kernel families (K=2, V=8 picks the small-head kernels by default)."""
+    monkeypatch.setattr(tda, "SMALL_HEADS", small_heads)
     lengths = [1, C + 1, 1, 2 * C + 7, C, 3]
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
     inputs = make_inputs(1, sum(lengths), 2, 2, 8, mode, h0=h0, n_states=len(lengths))
@@ -144,6 +62,13 @@ def test_prefill_shared_qk(mode):
     """q/k of batch size 1 serve B=3 sequences: read with batch stride 0, gradient summed over the batch."""
     inputs = make_inputs(3, 2 * C + 3, 1, 32, 40, mode, h0=True, shared_qk=True)
     check_against_math(inputs)
+
+
+@pytest.mark.parametrize("H,K,V", [(2, 2, 8), (2, 32, 32)], ids=["small_heads", "general"])
+def test_prefill_production_configs(H, K, V, monkeypatch):
+    """The chunk lengths of ``fuxi_linear.kernels.configs`` (no override)."""
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)
+    check_against_math(make_inputs(1, 2 * 64 + 5, H, K, V, "g", h0=True))
 
 
 def test_prefill_default_chunk_64(monkeypatch):
@@ -291,7 +216,7 @@ def test_poisoned_allocation_is_active():
 @pytest.mark.parametrize("mode", ["g", "gamma"])
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
 def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # production configurations
     x = make_inputs(4, 1000, 4, 32, 32, mode, h0=h0, dtype=dtype)
     x["q"], x["k"] = x["q"] / 6, x["k"] / 6  # keeps the outputs O(1) over 1000 steps
     errors = check_against_math(x, tol=HALF_TOL[dtype])
@@ -303,7 +228,7 @@ def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
 def test_gpu_float32_default_precision(mode, monkeypatch):
     """float32 with the production default ("tf32x3" products; bounds from the TF32 imitation above)."""
     monkeypatch.setattr(tda, "FP32_DOT_PRECISION", None)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # production configurations
     x = make_inputs(4, 1000, 4, 32, 32, mode, h0=True)
     x["q"], x["k"] = x["q"] / 6, x["k"] / 6
     errors = check_against_math(x, tol={"default": 2e-6, "dg": 2e-5, "dg_gamma": 6e-5})
@@ -312,20 +237,30 @@ def test_gpu_float32_default_precision(mode, monkeypatch):
 
 @gpu_only
 def test_gpu_no_recompile_for_new_T(monkeypatch):
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
-    kern = tda.decay_attn_fwd_kernel
-    chunk_decay_attention(**make_inputs(2, 100, 2, 2, 8, "g"), backend="triton")
-    n_before = sum(len(c[0]) for c in kern.device_caches.values())
-    for T in (1, 64, 129, 1000, 4097):
-        chunk_decay_attention(**make_inputs(2, T, 2, 2, 8, "g"), backend="triton")
-    assert sum(len(c[0]) for c in kern.device_caches.values()) == n_before
+    """T, segment lengths and counts are never specialised: once both the whole-sequence and the split-T
+    variants of each kernel family are compiled, new lengths compile nothing."""
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # the production configurations
+    def n_compiled():
+        kernels = (tda.decay_attn_fwd_kernel, tda.small_heads_fwd_kernel, tda.segment_summary_kernel,
+                   tda.segment_scan_kernel)
+        return sum(len(c[0]) for kern in kernels for c in kern.device_caches.values())
+
+    shapes = [(2, 2, 8), (4, 32, 32)]  # (H, K, V): small-head and general kernels
+    for H, K, V in shapes:
+        for T in (100, 4097):  # whole sequences; split across programs (2 sequences cannot fill a GPU)
+            chunk_decay_attention(**make_inputs(2, T, H, K, V, "g"), backend="triton")
+    n_before = n_compiled()
+    for H, K, V in shapes:
+        for T in (1, 64, 129, 1000, 4097, 5003):
+            chunk_decay_attention(**make_inputs(2, T, H, K, V, "g"), backend="triton")
+    assert n_compiled() == n_before
 
 
 @gpu_only
 def test_gpu_more_than_2_31_elements(monkeypatch):
     """v and o with more than 2^31 elements (int64 offsets); checked on the last sequences only."""
     monkeypatch.setattr(tda, "POISON_OUTPUTS", False)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # production configurations
     free, _ = torch.cuda.mem_get_info()
     B, T, H, K, V = 1025, 8192, 1, 2, 256  # v: 2^31 + 2^21 elements, 4.3 GB in bf16
     if free < 16 * 2**30:

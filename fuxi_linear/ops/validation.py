@@ -79,6 +79,12 @@ def check_chunk_inputs(
         check_tensor("g_gamma", g_gamma, 1, FLOAT_DTYPES)
         if tuple(g_gamma.shape) != (H,):
             raise ValueError(f"g_gamma must have shape (H,)=({H},), got {tuple(g_gamma.shape)}")
+    # a log-decay above 0 grows the state: the chunked forms' exponents would no longer be <= 0 (one host sync;
+    # skipped while torch.compile traces, where it would break the graph)
+    for name, decay in (("g", g), ("g_gamma", g_gamma)):
+        if decay is not None and not torch.compiler.is_compiling() and bool((decay > 0).any()):
+            raise ValueError(f"{name} is a log-decay and must be <= 0 everywhere, got a maximum of "
+                             f"{decay.max().item():.4g}")
     if not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise TypeError(f"scale must be a float, got {type(scale).__name__}")
     if cu_seqlens is not None:

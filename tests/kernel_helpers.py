@@ -1,0 +1,98 @@
+"""Helpers of the kernel tests: inputs, the float64 comparison, the test settings of the Triton launcher.
+
+Importing this module sets ``TRITON_INTERPRET=1`` when there is no GPU (before Triton is first imported), so
+the kernels run in the Triton interpreter on CPU tensors. Every output buffer the wrapper allocates is filled
+with NaN first (``POISON_OUTPUTS``), so an element a kernel forgets to write fails the comparison.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
+
+import pytest  # noqa: E402
+
+from fuxi_linear.ops import chunk_decay_attention, parallel_decay_attention  # noqa: E402
+from fuxi_linear.ops import triton_decay_attention as tda  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+C = 16  # chunk length in these tests (the kernels take any power of two >= 16; production default 64)
+TOL = 1e-5  # relative RMS error of float32 kernels vs the float64 math
+gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def kernel_settings(monkeypatch):
+    """Autouse in every module that imports it: NaN-filled outputs, exact float32 products, chunk length C,
+    the launcher's own split and kernel-family choices, seed 0."""
+    monkeypatch.setattr(tda, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(tda, "FP32_DOT_PRECISION", "ieee")  # exact float32 products (the interpreter's anyway)
+    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", C)
+    monkeypatch.setattr(tda, "SEGMENT_TOKENS", None)
+    monkeypatch.setattr(tda, "SMALL_HEADS", None)
+    torch.manual_seed(0)
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||``; where the reference is exactly zero (e.g. the decay gradient of a sequence's
+    first token without initial state), the RMS of ``a`` itself (the data are O(1))."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.isfinite(a).all(), "non-finite values (an unwritten output element?)"
+    den = b.norm().item()
+    if den == 0.0:
+        return (a.norm() / max(a.numel(), 1) ** 0.5).item()
+    return ((a - b).norm() / den).item()
+
+
+def make_inputs(B, T, H, K, V, mode, h0=False, shared_qk=False, n_states=None, dtype=torch.float32):
+    Bq = 1 if shared_qk else B
+    x = dict(
+        q=torch.randn(Bq, T, H, K, dtype=dtype),
+        k=torch.randn(Bq, T, H, K, dtype=dtype),
+        v=torch.randn(B, T, H, V, dtype=dtype),
+    )
+    if mode == "g":
+        x["g"] = -0.6 * torch.rand(B, T, H, dtype=dtype)
+    elif mode == "gamma":
+        x["g_gamma"] = -0.3 * torch.rand(H, dtype=dtype) - 0.02
+    if h0:
+        x["initial_state"] = torch.randn(n_states or B, H, K, V, dtype=dtype)
+    return {n: t.to(DEVICE) for n, t in x.items()}
+
+
+def check_against_math(inputs, cu_seqlens=None, scale=1.0, output_final_state=True, tol=TOL):
+    """Outputs, final state and the gradient of every input of the kernels vs float64 autograd."""
+    tri = {n: t.clone().requires_grad_() for n, t in inputs.items()}
+    o, ht = chunk_decay_attention(
+        **tri, scale=scale, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend="triton"
+    )
+    do = torch.randn_like(o)
+    outs, grads = [o], [do]
+    if output_final_state:
+        assert ht.dtype == (torch.float64 if o.dtype == torch.float64 else torch.float32)
+        outs.append(ht)
+        grads.append(torch.randn_like(ht))
+    else:
+        assert ht is None
+    torch.autograd.backward(outs, grads)
+
+    ref = {n: t.detach().double().requires_grad_() for n, t in inputs.items()}
+    o2, ht2 = parallel_decay_attention(
+        **ref, scale=scale, output_final_state=output_final_state, cu_seqlens=cu_seqlens
+    )
+    outs2 = [o2] + ([ht2] if output_final_state else [])
+    torch.autograd.backward(outs2, [x.double() for x in grads])
+
+    errors = {"o": rel_rms(o, o2)}
+    if output_final_state:
+        errors["final_state"] = rel_rms(ht, ht2)
+    for name in inputs:
+        assert tri[name].grad is not None, f"no gradient for {name}"
+        assert tri[name].grad.shape == inputs[name].shape and tri[name].grad.dtype == inputs[name].dtype
+        errors["d" + name] = rel_rms(tri[name].grad, ref[name].grad)
+    tols = {n: (tol.get(n, tol["default"]) if isinstance(tol, dict) else tol) for n in errors}
+    bad = {n: e for n, e in errors.items() if not e <= tols[n]}
+    assert not bad, f"relative RMS errors above {tol}: {bad} (all: {errors})"
+    return errors
