@@ -53,6 +53,10 @@ def test_dry_run_writes_rows_of_every_section(tmp_path):
     assert {(r["channel"], r["pass"]) for r in timings} == {(c, p) for c in prefill.CHANNELS for p in prefill.PASSES}
     assert all(r["status"] == "ok" and r["ms"] > 0 and r["bytes"] > 0 for r in timings)
     assert any(r["impl"] == prefill.FLA for r in sections["prefill"]["rows"])  # measured, failed or "not run"
+    resources = sections["resources"]["rows"]
+    assert {(r["kernel"], r["channel"], r["split"]) for r in resources} == {("fwd", "temporal", False),
+                                                                          ("fwd", "temporal", True)}
+    assert all(r["arch"] == "sm_90" and 0 < r["registers"] <= 255 for r in resources)
     assert "| impl | channel |" in markdown and proc.stdout.rstrip().endswith("s")  # tables printed last
 
 
