@@ -72,27 +72,27 @@ def check_fused_step_inputs(
         raise TypeError(f"channels must be a list or tuple of StepChannel, got {type(channels).__name__}")
     if not 1 <= len(channels) <= MAX_CHANNELS:
         raise ValueError(f"a fused step takes 1 to {MAX_CHANNELS} channels, got {len(channels)}")
-    first = None
     for i, c in enumerate(channels):
         if not isinstance(c, StepChannel):
             raise TypeError(f"channels[{i}] must be a StepChannel, got {type(c).__name__}")
+    first = channels[0].v
+    for i, c in enumerate(channels[1:], 1):
+        v = c.v
+        if isinstance(v, torch.Tensor) and isinstance(first, torch.Tensor) and v.ndim == first.ndim == 3 and (
+                v.shape[0] != first.shape[0] or v.dtype != first.dtype or v.device != first.device):
+            raise ValueError(
+                f"channels[{i}] has v {tuple(v.shape)} {v.dtype} on {v.device}; every channel must share N, the "
+                f"dtype and the device of channels[0] ({tuple(first.shape)} {first.dtype} on {first.device})"
+            )
+    for i, c in enumerate(channels):
         try:
             check_step_inputs(c.q, c.k, c.v, c.state, c.g, c.g_gamma, c.scale, state_indices, check_values=False)
             _check_float("k_scale", c.k_scale)
-            device = c.v.device
             for name, t in (("q", c.q), ("k", c.k), ("state", c.state), ("g", c.g), ("g_gamma", c.g_gamma)):
-                if t is not None and t.device != device:
-                    raise ValueError(f"{name} must be on v's device {device}, got {t.device}")
+                if t is not None and t.device != c.v.device:
+                    raise ValueError(f"{name} must be on v's device {c.v.device}, got {t.device}")
         except (TypeError, ValueError) as err:
             raise type(err)(f"channels[{i}]: {err}") from None
-        if first is None:
-            first = c
-        elif c.v.shape[0] != first.v.shape[0] or c.v.dtype != first.v.dtype or c.v.device != first.v.device:
-            raise ValueError(
-                f"channels[{i}] has v {tuple(c.v.shape)} {c.v.dtype} on {c.v.device}; every channel must share "
-                f"N, the dtype and the device of channels[0] ({tuple(first.v.shape)} {first.v.dtype} on "
-                f"{first.v.device})"
-            )
     if state_indices is not None and check_values:
         pool_rows = min(c.state.shape[0] for c in channels)
         checks = ValueChecks()
