@@ -50,6 +50,11 @@ class DerivedCache(Generic[T]):
         self._value: Optional[T] = None
 
     @staticmethod
+    def registration_epoch() -> int:
+        """Counts parameter and buffer registrations in this process (it moves when one is replaced)."""
+        return _epoch[0]
+
+    @staticmethod
     def _fingerprint(tensors: Sequence[torch.Tensor]) -> Optional[Tuple]:
         try:
             return tuple((t.data_ptr(), t._version) for t in tensors)
