@@ -106,5 +106,5 @@ def add_step_item_check(checks: ValueChecks, item_ids: torch.Tensor, num_items: 
                     f"got values in [{low}, {high}]")
         return "item_ids of a decode step must be real items in [1, num_items], got padding id 0"
 
-    checks.add([low, high], [1, 1], [num_items, num_items], message,
+    checks.add([low, high], 1, num_items, message,
                f"item_ids of a decode step must be real items in [1, num_items={num_items}]")

@@ -214,7 +214,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
                           checks)
         limit = self.config.max_positions
         if N:
-            checks.add([positions.max()], [0], [limit - 1],
+            checks.add([positions.max()], 0, limit - 1,
                        lambda v: f"a user would reach position {v[0]}, beyond the model's position tables "
                                  f"({limit} positions); re-prefill the most recent events instead",
                        f"a user would reach a position beyond the model's position tables ({limit} positions)")
