@@ -130,7 +130,8 @@ def _block_channels(N: int, shape: dict, device: torch.device, pool: bool):
 
 
 def _fused_rows(device: torch.device, dry_run: bool, peak_gbs: Optional[float], log) -> List[Row]:
-    from fuxi_linear.ops import decay_attention_step, fused_block_step
+    from fuxi_linear.ops import fused_block_step
+    from fuxi_linear.ops.triton_decay_attention import decay_attention_step_triton
 
     shape = TINY if dry_run else PAPER
     users = (2, 5) if dry_run else FUSED_USERS
@@ -151,9 +152,9 @@ def _fused_rows(device: torch.device, dry_run: bool, peak_gbs: Optional[float], 
             def fused():
                 return fused_block_step(channels, idx, backend=backend, validate=False)
 
-            def separate():
-                return [decay_attention_step(c.q, c.k, c.v, c.state, g=c.g, g_gamma=c.g_gamma, scale=c.scale,
-                                             backend=backend, state_indices=idx)[0] for c in channels]
+            def separate():  # single-channel launches (unvalidated: capturable); the same traffic (k_scale aside)
+                return [decay_attention_step_triton(c.q, c.k, c.v, c.state, g=c.g, g_gamma=c.g_gamma, scale=c.scale,
+                                                    state_indices=idx)[0] for c in channels]
 
             for item, fn in (("fused_block_step", fused), ("three decay_attention_step", separate)):
                 eager_us = _time_eager_us(fn, device, reps)

@@ -251,3 +251,21 @@ def test_steps_leave_training_and_its_gradients_alone():
     assert not u.requires_grad
     after = grads()
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("unit", ["seconds", "milliseconds"])
+def test_step_features_are_the_forward_features_bit_for_bit(unit):
+    """The decode step's temporal features (fewer operations) are the same numbers as the forward's, so a
+    step equals a prefill exactly up to the order of the sums (decreasing times and huge gaps included)."""
+    periods = dict(temporal_base=16, temporal_start=0, temporal_stride=1) if unit == "seconds" else \
+        dict(temporal_base=2, temporal_start=10, temporal_stride=3)
+    model = tiny_model(dtype=torch.float32, embedding_dim=32, temporal_num_periods=8, **periods)
+    g = torch.Generator().manual_seed(0)
+    scale = 1 if unit == "seconds" else 1000
+    t_key = 1_700_000_000 * scale + torch.randint(0, 10 ** 8, (64,), generator=g)
+    t_query = t_key + torch.randint(-1000, 10 ** 7, (64,), generator=g)  # some requests before the event
+    gap = torch.randint(-100, 10 ** 9, (64,), generator=g)
+    with torch.no_grad():
+        expected = model.temporal.features(t_key, t_query, gap)
+        got = model.temporal.step_features(t_key, t_query, gap)
+    assert torch.equal(got.q, expected.q) and torch.equal(got.k, expected.k) and torch.equal(got.g, expected.g)

@@ -172,9 +172,10 @@ class FuXiLinearBlock(nn.Module):
         else:
             gain, skip = w.gain, w.skip
         v_all = proj[:, 3 * D + 2 * Hq:]  # [v | v_t | v_p], the skip terms
-        y = layer_norm(torch.addcmul(o * gain, v_all, skip).view(N, 3, D))  # the three output norms in one call
-        h = torch.addmm(x, u * y.view(N, 3 * D), w.w0)
+        # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
+        y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
+        h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)
         up_gate = rms_norm(h) @ w.w31
         # SiLU(W1 z) * W3 z = (W3 z * sigmoid(W1 z)) * W1 z: GLU over [W3 z | W1 z], times W1 z
-        hidden = F.glu(up_gate, dim=1) * up_gate[:, w.w2.shape[0]:]
+        hidden = F.glu(up_gate, dim=1).mul_(up_gate[:, w.w2.shape[0]:])
         return torch.addmm(h, hidden, w.w2)

@@ -131,7 +131,7 @@ class TemporalEncoding(nn.Module):
         gaps = torch.stack([t_query - t_key, gap_prev], dim=-1).clamp(min=0).unsqueeze(-1)  # to the query, from the last
         log_decay = (log_gamma * (gaps * omega).float()).clamp(min=-self.max_log_decay)  # (N, 2, Ht)
         q_decay = torch.exp(log_decay[:, 0]).index_select(1, q_decay_index).view(N, H, 2)
-        q = trig.index_select(1, q_index).view(N, H, 2) * (q_sign * q_decay)
+        q = trig.index_select(1, q_index).view(N, H, 2).mul_(q_decay.mul_(q_sign))
         k = trig.index_select(1, k_index).view(N, H, 2)
         g = log_decay[:, 1].index_select(1, head_period)
         if dtype != torch.float32:

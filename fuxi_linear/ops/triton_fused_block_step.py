@@ -39,8 +39,9 @@ def channel_tiles(H: int, K: int, V: int, N: int) -> Tuple[int, int, int, int]:
 
 
 def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
-    """``(N, H, X)`` with each user's ``H x X`` block contiguous (any user stride), copying only if not."""
-    if x.stride(-1) == 1 and x.stride(-2) == x.shape[-1]:
+    """``(N, H, X)`` with each user's ``H x X`` block contiguous (any user stride), copying only if not
+    (a single head's stride is never used)."""
+    if x.stride(-1) == 1 and (x.shape[-2] == 1 or x.stride(-2) == x.shape[-1]):
         return x
     return x.contiguous()
 
