@@ -25,6 +25,12 @@ and any user stride; ``g_gamma: (H,)``. The state is ``(P, H, K, V)`` with any s
 row ``state_indices[n]`` (or n) for user n: rows named twice race, so they must be distinct. The outputs
 of all channels go to one ``(N, sum_c H_c V_c)`` buffer ``o``, channel c at column ``OCOL_c``.
 
+Not fused, on purpose: the block's per-column gains after the operator (the retention heads' inclusive decay,
+``alpha o + beta v``), its three output LayerNorms and the u-gate. They read and write ``(N, 3D)`` values --
+a few percent of the ``2 x`` state bytes a step streams (at D=128: 1.5 KiB against 66 KiB per user and block)
+-- so fusing them saves one or two small launches (nothing inside a CUDA graph) while the norms would need
+every head of a user in one program: a few large programs per user instead of many balanced ones.
+
 Accumulation is in the state's dtype (float32, or float64); bf16/fp16 inputs are converted on load.
 Products are elementwise multiplies and sums (a matrix-vector product per head), no ``tl.dot``.
 Program ids and row offsets are int64.
