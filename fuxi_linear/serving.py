@@ -53,8 +53,12 @@ class _BucketRunner:
 
     def __init__(self, decoder: "Decoder", size: int):
         self.decoder, self.size = decoder, size
-        # rows, item ids, timestamps, query timestamps (written before every run)
+        # rows, item ids, timestamps, query timestamps (written before every run), and their host-side copy:
+        # pinned on CUDA so that one asynchronous copy moves them, contiguous so that it stays one copy
+        cuda = decoder.device.type == "cuda"
         self.inputs = torch.zeros(4, size, dtype=torch.int64, device=decoder.device)
+        self.staging = torch.zeros(4, size, dtype=torch.int64, pin_memory=cuda)
+        self.copied: Optional[torch.cuda.Event] = None  # recorded after the last copy out of ``staging``
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.output: Optional[torch.Tensor] = None
 
@@ -140,9 +144,6 @@ class Decoder:
         self._runners: Dict[int, _BucketRunner] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.use_cuda_graphs else None
         self._weights_key = None
-        self._staging = (torch.zeros(4, max(self.buckets), dtype=torch.int64,
-                                     pin_memory=self.device.type == "cuda") if self._padded else None)
-        self._staged = None  # the CUDA event after the last copy out of the staging buffer
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -260,11 +261,11 @@ class Decoder:
         runner = self._runners.get(size)
         if runner is None:
             runner = self._runners[size] = _BucketRunner(self, size)
-        # the host-side part (rows, and inputs given on the CPU) goes through one pinned staging buffer and
-        # one asynchronous copy; the buffer is rewritten only after the previous copy out of it has finished
-        if self._staged is not None:
-            self._staged.synchronize()
-        stage = self._staging[:, :size]
+        # the host-side part (rows, and inputs given on the CPU) goes through the bucket's pinned staging buffer
+        # and one asynchronous copy; the buffer is rewritten only after the previous copy out of it has finished
+        if runner.copied is not None:
+            runner.copied.synchronize()
+        stage = runner.staging
         stage[0, :n] = torch.tensor(rows, dtype=torch.int64)
         stage[0, n:] = torch.arange(self.max_users, self.max_users + size - n)
         on_device = []
@@ -276,8 +277,8 @@ class Decoder:
             stage[i, n:] = 1 if i == 1 else 0  # padding: a real item id, time 0
         runner.inputs.copy_(stage, non_blocking=True)
         if self.device.type == "cuda":
-            self._staged = torch.cuda.Event()
-            self._staged.record()
+            runner.copied = torch.cuda.Event()
+            runner.copied.record()
         for i, t in on_device:
             runner.inputs[i, :n].copy_(t)
         if self.use_cuda_graphs:
