@@ -213,7 +213,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         check_step_events(item_ids, timestamps, query_timestamps, N, self.config.num_items, "state", state.device,
                           checks)
         limit = self.config.max_positions
-        if N:
+        if positions.numel():
             checks.add([positions.max()], 0, limit - 1,
                        lambda v: f"a user would reach position {v[0]}, beyond the model's position tables "
                                  f"({limit} positions); re-prefill the most recent events instead",
