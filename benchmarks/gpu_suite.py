@@ -46,6 +46,8 @@ SECTION_MODULES = (
      "kernels vs float64 at production shapes, fp32 and bf16, outputs, states and gradients"),
     ("prefill", "gpu_suite_prefill", "run_prefill_section", 180.0,
      "operator timings forward and forward+backward per channel shape, vs fla chunk_simple_gla"),
+    ("decode", "gpu_suite_decode", "run_decode_section", 90.0,
+     "fused decode step per-op µs and GB/s, model.step eager vs graph, launches and host syncs per step"),
     ("resources", "gpu_suite_resources", "run_resources_section", 60.0,
      "registers, spills and shared memory of every prefill kernel variant for the device's architecture"),
 )

@@ -41,6 +41,27 @@ DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
 
 GPU_SEQ_LENS: Tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
 CPU_SEQ_LENS: Tuple[int, ...] = (64, 128, 256, 512)
+#: Users per step of the decode-throughput sweep (FuXi-Linear alone): the GPU default; none by default on a CPU.
+GPU_DECODE_USERS: Tuple[int, ...] = (64, 4096, 32768)
+#: History length behind the states of the throughput sweep (a decode step is O(1) in it).
+THROUGHPUT_POSITION = 256
+
+#: Nominal (datasheet) HBM/GDDR bandwidth in GB/s by device-name fragment, first match wins; the bench's
+#: "% of peak" uses it unless --peak-gbs is given. Nominal peaks: measured copy bandwidth is ~85-92% of them.
+PEAK_BANDWIDTH_GBS: Tuple[Tuple[str, float], ...] = (
+    ("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("H800", 3350.0),
+    ("GH200", 4000.0), ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0),
+    ("A800", 2039.0), ("L40S", 864.0), ("L40", 864.0), ("L4", 300.0), ("A10G", 600.0), ("A10", 600.0),
+    ("V100", 900.0), ("RTX 4090", 1008.0), ("RTX 3090", 936.0),
+)
+
+
+def nominal_peak_gbs(device_name: str) -> Optional[float]:
+    """The datasheet memory bandwidth of a GPU by name (:data:`PEAK_BANDWIDTH_GBS`), or None if unknown."""
+    for fragment, gbs in PEAK_BANDWIDTH_GBS:
+        if fragment.lower() in device_name.lower():
+            return gbs
+    return None
 
 #: The paper's model scale (KuaiRand-27K / KuaiRec configs): the GPU default.
 PAPER_MODEL = dict(embedding_dim=128, num_blocks=4, num_heads=4, qk_dim=32)
@@ -60,20 +81,21 @@ class BenchError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- settings
-def parse_seq_lens(text: str) -> Tuple[int, ...]:
-    """``"64,128,256"`` -> ``(64, 128, 256)``: positive ints, sorted, duplicates dropped."""
+def parse_seq_lens(text: str, flag: str = "--seq-lens") -> Tuple[int, ...]:
+    """``"64,128,256"`` -> ``(64, 128, 256)``: positive ints, sorted, duplicates dropped (``flag`` names the
+    option in messages)."""
     if not isinstance(text, str) or not text.strip():
-        raise BenchError(f"--seq-lens must be a comma-separated list of positive ints, got {text!r}")
+        raise BenchError(f"{flag} must be a comma-separated list of positive ints, got {text!r}")
     values = []
     for part in text.split(","):
         part = part.strip()
         try:
             value = int(part)
         except ValueError:
-            raise BenchError(f"--seq-lens must be a comma-separated list of positive ints; {part!r} in {text!r} "
+            raise BenchError(f"{flag} must be a comma-separated list of positive ints; {part!r} in {text!r} "
                              f"is not an int") from None
         if value < 1:
-            raise BenchError(f"--seq-lens must be positive, got {value} in {text!r}")
+            raise BenchError(f"{flag} must be positive, got {value} in {text!r}")
         values.append(value)
     return tuple(sorted(set(values)))
 
@@ -145,6 +167,8 @@ class BenchSettings:
     num_items: int = BENCH_NUM_ITEMS
     seed: int = 0
     backend: str = "auto"  # FuXi-Linear's operator backend
+    decode_users: Optional[Sequence[int]] = None  # N of the decode-throughput sweep (None: the device's default)
+    peak_gbs: Optional[float] = None  # memory bandwidth for "% of peak" (None: nominal_peak_gbs of the GPU)
     threads: Optional[int] = None  # CPU: torch threads for the run (None = leave torch's setting)
     progress: bool = True
     notes: List[str] = field(default_factory=list)
@@ -166,6 +190,13 @@ class BenchSettings:
         out.models = list(models)
         seq_lens = self.seq_lens if self.seq_lens is not None else (GPU_SEQ_LENS if gpu else CPU_SEQ_LENS)
         out.seq_lens = list(parse_seq_lens(seq_lens if isinstance(seq_lens, str) else ",".join(map(str, seq_lens))))
+        users = self.decode_users if self.decode_users is not None else (GPU_DECODE_USERS if gpu else ())
+        users = users if isinstance(users, str) else ",".join(map(str, users))
+        out.decode_users = list(parse_seq_lens(users, "--decode-users")) if users.strip() else []
+        if out.decode_users and "fuxi-linear" not in models:
+            out.decode_users = []
+        if out.peak_gbs is not None and not (isinstance(out.peak_gbs, (int, float)) and out.peak_gbs > 0):
+            raise BenchError(f"--peak-gbs must be a positive number of GB/s, got {out.peak_gbs!r}")
         defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
         for name, value in defaults.items():
             if getattr(out, name) is None:
@@ -216,7 +247,8 @@ class BenchSettings:
     @property
     def max_seq_len(self) -> int:
         """Models are built for the longest history plus every decode step after it."""
-        return max(self.seq_lens) + self.steps_per_state + 1
+        longest = max(list(self.seq_lens) + ([THROUGHPUT_POSITION] if self.decode_users else []))
+        return longest + self.steps_per_state + 1
 
 
 # ---------------------------------------------------------------------------------------------- machine
@@ -350,6 +382,17 @@ def state_bytes_per_user(state, filled: int) -> int:
     return int(state.nbytes_per_user())
 
 
+def decode_bytes_per_user(state, filled: int, embedding_dim: int, dtype: torch.dtype) -> int:
+    """Bytes one decode step must move per user, at least: FuXi-Linear reads and writes its state (2x its
+    bytes); a KV cache is read at ``filled`` events and one event is written. Plus the inputs (an item id, two
+    int64 times) and the output user vector."""
+    io = 8 + 2 * 8 + embedding_dim * torch.empty(0, dtype=dtype).element_size()
+    if hasattr(state, "keys") and hasattr(state, "values"):
+        per_event = kv_cache_bytes_per_user(state, 1) - state.lengths.element_size()
+        return kv_cache_bytes_per_user(state, filled) + per_event + io
+    return 2 * int(state.nbytes_per_user()) + io
+
+
 # ---------------------------------------------------------------------------------------------- timing
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -446,6 +489,7 @@ class BenchResult:
     machine: Dict[str, Any]
     rows: List[Dict[str, Any]]
     notes: List[str]
+    peak_gbs: Optional[float] = None
 
     def ms(self, model: str, stage: str, seq_len: int) -> Optional[float]:
         for r in self.rows:
@@ -492,16 +536,67 @@ def _run(s: BenchSettings, device: torch.device, log: Callable[[str], None]) -> 
     out_of_memory_at: Dict[str, int] = {}
     bar = _progress(len(s.seq_lens) * len(s.models) * len(STAGES), s.progress)
     say = (lambda msg: bar.write(msg)) if bar is not None else log
+    peak = s.peak_gbs if s.peak_gbs is not None else (
+        nominal_peak_gbs(machine["device_name"]) if device.type == "cuda" else None)
+    throughput: List[Dict[str, Any]] = []
     try:
         with torch.inference_mode():
             for T in s.seq_lens:
                 rows += _measure_length(T, models, s, device, base, say, out_of_memory_at, bar)
+            for N in s.decode_users:
+                throughput.append(_measure_throughput(N, models["fuxi-linear"], s, device, base, peak, say))
     finally:
         if bar is not None:
             bar.close()
     order = {m: i for i, m in enumerate(s.models)}
     rows.sort(key=lambda r: (order[r["model"]], STAGES.index(r["stage"]), r["seq_len"]))
-    return BenchResult(settings=s, machine=machine, rows=rows, notes=notes)
+    for r in rows:
+        if r["stage"] == "decode" and r["ms"] is not None:
+            _add_rates(r, peak, device)
+    if peak is not None:
+        notes.append(f"% of peak: against {peak:.0f} GB/s ("
+                     + ("--peak-gbs" if s.peak_gbs is not None else "the nominal datasheet bandwidth of this GPU")
+                     + "); bytes per step = the minimum a step must move (2x the state per user for FuXi-Linear, "
+                       "the KV cache read for the baselines, plus inputs and outputs)")
+    return BenchResult(settings=s, machine=machine, rows=rows + throughput, notes=notes, peak_gbs=peak)
+
+
+def _add_rates(row: Dict[str, Any], peak: Optional[float], device: torch.device) -> None:
+    """users/s of a decode row; on CUDA also GB/s of its minimum traffic and % of ``peak``."""
+    seconds = row["ms"] / 1e3
+    row["users_per_s"] = row["batch_size"] / seconds
+    if device.type == "cuda" and row.get("bytes_per_step"):
+        row["gbs"] = row["bytes_per_step"] / seconds / 1e9
+        row["pct_of_peak"] = 100.0 * row["gbs"] / peak if peak else None
+
+
+def _measure_throughput(N: int, model, s: BenchSettings, device, base, peak, say) -> Dict[str, Any]:
+    """FuXi-Linear decode steps of N users at once (an all-zero state at position ``THROUGHPUT_POSITION``:
+    a step's work does not depend on the values or the history length), stepped in place."""
+    row = dict(model="fuxi-linear", stage="decode-throughput", seq_len=THROUGHPUT_POSITION, **{**base, "batch_size": N})
+    try:
+        state = model.empty_state(N, device)
+        state.position.fill_(THROUGHPUT_POSITION)
+        inputs = make_inputs(N, 1, s.num_items, s.seed, device)
+        timed, failed = time_interleaved({"step": (lambda: decode_call(model, state, inputs), None)}, device,
+                                         s.warmup, s.decode_repeats)
+        times = timed["step"]
+    except Exception as err:  # noqa: BLE001
+        if not is_out_of_memory(err):
+            raise
+        failed = {"step": "setup"}
+    if failed:
+        say(f"fuxi-linear decode of {N} users: out of memory; skipped")
+        _free_memory(device)
+        return dict(row, ms=None, status="out of memory")
+    nbytes = state_bytes_per_user(state, THROUGHPUT_POSITION)
+    row.update(ms=statistics.median(times), ms_q25=_quantile(times, 0.25), ms_q75=_quantile(times, 0.75),
+               repeats=len(times), state_bytes_per_user=nbytes, status="ok",
+               bytes_per_step=N * decode_bytes_per_user(state, THROUGHPUT_POSITION, s.embedding_dim, s.torch_dtype))
+    del state
+    _free_memory(device)
+    _add_rates(row, peak, device)
+    return row
 
 
 def _measure_length(T, models, s: BenchSettings, device, base, say, out_of_memory_at, bar) -> List[Dict[str, Any]]:
@@ -555,7 +650,10 @@ def _measure_length(T, models, s: BenchSettings, device, base, say, out_of_memor
         if name in failed:
             out_of_memory(name, "decode")
         else:
-            rows.append(_row(name, "decode", T, times[name], nbytes[name], base))
+            row = _row(name, "decode", T, times[name], nbytes[name], base)
+            row["bytes_per_step"] = s.batch_size * decode_bytes_per_user(states[name], T, s.embedding_dim,
+                                                                         s.torch_dtype)
+            rows.append(row)
     states.clear()
     _free_memory(device)
     if bar is not None:
@@ -646,7 +744,38 @@ def format_report(result: BenchResult) -> str:
             r = result.row(m, "prefill", T)
             cells.append(_fmt_bytes(r.get("state_bytes_per_user")) if r else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _throughput_lines(result)
     return "\n".join(lines)
+
+
+def _fmt_rate(x: Optional[float], unit: str = "") -> str:
+    if x is None:
+        return "—"
+    for suffix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def _throughput_lines(result: BenchResult) -> List[str]:
+    """Decode throughput: users/s of every decode row (GB/s and % of peak on CUDA), and the N sweep."""
+    s = result.settings
+    cuda = s.torch_device.type == "cuda"
+    decode = [r for r in result.rows if r["stage"] == "decode" and r.get("users_per_s")]
+    sweep = [r for r in result.rows if r["stage"] == "decode-throughput"]
+    if not decode and not sweep:
+        return []
+    header = ["model", "T", "users/step", "ms", "users/s"] + (["GB/s", "% of peak"] if cuda else [])
+    lines = ["", "decode throughput (one event per user per step" + (
+        "; GB/s = the minimum bytes a step moves / time" if cuda else "") + "):", "",
+        "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in decode + sweep:
+        cells = [r["model"], str(r["seq_len"]), str(r["batch_size"]), _fmt_ms(r["ms"]), _fmt_rate(r.get("users_per_s"))]
+        if cuda:
+            pct = r.get("pct_of_peak")
+            cells += [f"{r['gbs']:.1f}" if r.get("gbs") is not None else "—", f"{pct:.0f}%" if pct is not None else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_json(result: BenchResult, path: str | os.PathLike) -> Path:
@@ -739,6 +868,102 @@ def step_cost(fn: Callable[[], Any]) -> Dict[str, int]:
             "ops": sizes.ops}
 
 
+# ---------------------------------------------------------------------------------------------- syncs, launches
+#: ATen operators that make the host wait for the device: reading a value back (``item``, ``int(t)``,
+#: ``bool(t)``: all ``_local_scalar_dense``) and operators whose output size depends on values.
+HOST_SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique_dim",
+                           "aten::_unique", "aten::_unique2", "aten::unique_consecutive", "aten::item"})
+#: ATen operators that never launch a kernel (views and metadata).
+_NO_KERNEL_OPS = frozenset({"aten::view", "aten::_unsafe_view", "aten::unsqueeze", "aten::squeeze", "aten::select",
+                            "aten::slice", "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::narrow",
+                            "aten::as_strided", "aten::t", "aten::transpose", "aten::permute", "aten::expand",
+                            "aten::flatten", "aten::unflatten", "aten::alias", "aten::detach", "aten::resolve_conj",
+                            "aten::resolve_neg", "aten::_reshape_alias", "aten::empty", "aten::lift_fresh"})
+
+
+class HostSyncCounter:
+    """Context manager counting what a block of code does that would synchronise a GPU with the host, by
+    structure, so it works on a CPU too: every ATen call of :data:`HOST_SYNC_OPS` (seen by a
+    ``TorchDispatchMode``), copies between devices, and calls of ``Tensor.item``/``tolist``/``__int__``/
+    ``__float__``/``__bool__``/``__index__`` (``tolist`` of a CPU tensor reaches no ATen operator). Also counts
+    ``aten_ops`` (every ATen call) and ``launches`` (ATen calls that are not views or metadata: on a GPU, about
+    one kernel each). ``events`` lists the syncs seen.
+    """
+
+    _METHODS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
+
+    def __init__(self) -> None:
+        self.events: List[str] = []
+        self.aten_ops = 0
+        self.launches = 0
+        self._saved: Dict[str, Any] = {}
+        self._mode = None
+        self._inside_method = 0  # a read-back method and the ATen call it makes are one sync
+
+    @property
+    def syncs(self) -> int:
+        return len(self.events)
+
+    def __enter__(self) -> "HostSyncCounter":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func._schema.name
+                counter.aten_ops += 1
+                if name not in _NO_KERNEL_OPS:
+                    counter.launches += 1
+                if name in HOST_SYNC_OPS:
+                    if not counter._inside_method:
+                        counter.events.append(name)
+                elif name in ("aten::_to_copy", "aten::copy_"):
+                    devices = {t.device for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+                    target = (kwargs or {}).get("device")
+                    if target is not None:
+                        devices.add(torch.device(target))
+                    if len(devices) > 1:
+                        counter.events.append(f"{name} across {sorted(map(str, devices))}")
+                return func(*args, **(kwargs or {}))
+
+        for method in self._METHODS:
+            original = getattr(torch.Tensor, method)
+            self._saved[method] = original
+
+            def wrapped(tensor, *a, _original=original, _method=method, **k):
+                if not counter._inside_method:
+                    counter.events.append(f"Tensor.{_method}")
+                counter._inside_method += 1
+                try:
+                    return _original(tensor, *a, **k)
+                finally:
+                    counter._inside_method -= 1
+
+            setattr(torch.Tensor, method, wrapped)
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        for method, original in self._saved.items():
+            setattr(torch.Tensor, method, original)
+        self._saved.clear()
+
+
+def count_cuda_kernel_launches(fn: Callable[[], Any], device: torch.device) -> int:
+    """CUDA kernels (and memcpy/memset) that one call of ``fn`` launches, counted with ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda or cuda:N")
@@ -759,6 +984,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    f"{GPU_DEFAULTS['repeats']} GPU / {CPU_DEFAULTS['repeats']} CPU)")
     p.add_argument("--decode-repeats", type=int, help="timed decode steps (default "
                    f"{GPU_DEFAULTS['decode_repeats']} GPU / {CPU_DEFAULTS['decode_repeats']} CPU)")
+    p.add_argument("--decode-users", help="comma list of users per step for FuXi-Linear's decode-throughput sweep "
+                   f"(default {','.join(map(str, GPU_DECODE_USERS))} on GPU, none on CPU)")
+    p.add_argument("--peak-gbs", type=float, help="memory bandwidth (GB/s) for the decode '%% of peak' (default: "
+                   "the GPU's nominal datasheet figure, when known)")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
                    help="FuXi-Linear's operator backend (auto: Triton on CUDA)")
     p.add_argument("--threads", type=int, help="CPU only: torch threads for the run (default: torch's; 1 is "
@@ -776,6 +1005,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         embedding_dim=args.embedding_dim, num_blocks=args.num_blocks, num_heads=args.num_heads, qk_dim=args.qk_dim,
         warmup=args.warmup, repeats=args.repeats, decode_repeats=args.decode_repeats, seed=args.seed,
         backend=args.backend, threads=args.threads, progress=not args.no_progress,
+        decode_users=parse_seq_lens(args.decode_users, "--decode-users") if args.decode_users is not None else None,
+        peak_gbs=args.peak_gbs,
     )
 
 
@@ -802,5 +1033,7 @@ __all__ = [
     "BenchInputs", "BenchResult", "make_inputs", "build_bench_models", "prefill_call", "decode_call",
     "time_call", "kv_cache_bytes_per_user", "state_bytes_per_user", "run_benchmark", "run_bench",
     "format_report", "write_json", "plot_results", "speedups", "step_cost", "parse_seq_lens", "parse_models",
-    "machine_info", "add_bench_arguments", "run_bench_command", "half_precision_supported",
+    "machine_info", "add_bench_arguments", "run_bench_command", "half_precision_supported", "HostSyncCounter",
+    "HOST_SYNC_OPS", "count_cuda_kernel_launches", "decode_bytes_per_user", "nominal_peak_gbs",
+    "PEAK_BANDWIDTH_GBS",
 ]

@@ -79,6 +79,34 @@ class DecodeState:
             for f in fields(first)
         })
 
+    def write_rows(self, rows: Union[torch.Tensor, Sequence[int]], source: "DecodeState") -> "DecodeState":
+        """Copy every user of ``source`` into rows ``rows`` of this state (a pool), in place; returns self.
+
+        ``rows``: ``(M,)`` distinct indices in ``[0, num_users)``, M = ``source.num_users``; ``source`` has this
+        state's layout (the same model).
+        """
+        index = torch.as_tensor(rows, device=self.device)
+        if index.dtype not in (torch.int32, torch.int64) or index.ndim != 1:
+            raise TypeError(f"rows must be a 1-D int index, got dtype {index.dtype} shape {tuple(index.shape)}")
+        if not isinstance(source, DecodeState):
+            raise TypeError(f"source must be a DecodeState, got {type(source).__name__}")
+        if index.numel() != source.num_users:
+            raise ValueError(f"rows names {index.numel()} rows for a source of {source.num_users} users")
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(source, f.name)
+            d = self._USER_DIM[f.name]
+            if a.shape[:d] + a.shape[d + 1:] != b.shape[:d] + b.shape[d + 1:] or a.dtype != b.dtype:
+                raise ValueError(f"source does not match this state's layout in {f.name}: {tuple(b.shape)} {b.dtype} "
+                                 f"vs {tuple(a.shape)} {a.dtype}")
+        if index.numel():
+            values = index.tolist()
+            if min(values) < 0 or max(values) >= self.num_users or len(set(values)) != len(values):
+                raise ValueError(f"rows must be distinct indices in [0, {self.num_users}), got {values}")
+        for f in fields(self):
+            getattr(self, f.name).index_copy_(self._USER_DIM[f.name], index.long(),
+                                              getattr(source, f.name).to(self.device))
+        return self
+
     def nbytes_per_user(self) -> int:
         """Bytes of state one user holds."""
         return sum(t.element_size() * t.numel() for t in self.tensors()) // max(self.num_users, 1)

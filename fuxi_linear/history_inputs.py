@@ -1,7 +1,11 @@
 """Checks of the model's history inputs (item ids, int64 timestamps, lengths), with clear messages."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+from .ops.value_checks import ValueChecks
 
 INT_DTYPES = (torch.int32, torch.int64)
 
@@ -14,11 +18,12 @@ def _tensor(name: str, x: object, ndim: int, shape_doc: str) -> torch.Tensor:
     return x
 
 
-def check_item_ids(name: str, item_ids: object, ndim: int, num_items: int, shape_doc: str) -> torch.Tensor:
+def check_item_ids(name: str, item_ids: object, ndim: int, num_items: int, shape_doc: str,
+                   check_values: bool = True) -> torch.Tensor:
     x = _tensor(name, item_ids, ndim, shape_doc)
     if x.dtype not in INT_DTYPES:
         raise TypeError(f"{name} must be an int64 (or int32) tensor, got {x.dtype}")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > num_items):
+    if check_values and x.numel() and (int(x.min()) < 0 or int(x.max()) > num_items):
         raise ValueError(f"{name} must lie in [0, num_items={num_items}] (0 = padding), "
                          f"got values in [{int(x.min())}, {int(x.max())}]")
     return x
@@ -63,18 +68,43 @@ def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: in
 
 
 def check_step_events(item_ids, timestamps, query_timestamps, num_users: int, num_items: int, holder: str,
-                      device: torch.device) -> None:
+                      device: torch.device, checks: Optional[ValueChecks] = None) -> None:
     """One new event per user for a decode step: ``item_ids (N,)`` real items (no padding),
     ``timestamps (N,)`` and ``query_timestamps (N,)`` int64, all on ``device``; ``holder`` names what holds the
-    N users ("state", "cache") in messages."""
+    N users ("state", "cache") in messages.
+
+    Shapes, dtypes and devices are checked on the host at once. The one value check (item ids in
+    ``[1, num_items]``) is added to ``checks`` when given, for the caller to settle with its other value checks
+    (:class:`fuxi_linear.ops.value_checks.ValueChecks`: one host synchronisation, or none); otherwise it is
+    read back here.
+    """
     N = num_users
-    check_item_ids("item_ids", item_ids, 1, num_items, "(N,)")
+    check_item_ids("item_ids", item_ids, 1, num_items, "(N,)", check_values=False)
     if tuple(item_ids.shape) != (N,):
         raise ValueError(f"item_ids must have shape (N,)=({N},) for a {holder} of {N} users, got {tuple(item_ids.shape)}")
-    if N and int(item_ids.min()) < 1:
-        raise ValueError("item_ids of a decode step must be real items in [1, num_items], got padding id 0")
     check_timestamps("timestamps", timestamps, (N,), "(N,)")
     check_timestamps("query_timestamps", query_timestamps, (N,), "(N,)")
     devices = {t.device for t in (item_ids, timestamps, query_timestamps)} | {device}
     if len(devices) != 1:
         raise ValueError(f"item_ids, timestamps, query_timestamps and the {holder} must be on one device, got {devices}")
+    batch = ValueChecks() if checks is None else checks
+    add_step_item_check(batch, item_ids, num_items)
+    if checks is None:
+        batch.run("sync")
+
+
+def add_step_item_check(checks: ValueChecks, item_ids: torch.Tensor, num_items: int) -> None:
+    """Add "``item_ids (N,)`` are real items in [1, num_items]" to a batch of value checks."""
+    if item_ids.numel() == 0:
+        return
+    low, high = torch.aminmax(item_ids)
+
+    def message(values) -> str:
+        low, high = values
+        if low < 0 or high > num_items:
+            return (f"item_ids must lie in [0, num_items={num_items}] (0 = padding), "
+                    f"got values in [{low}, {high}]")
+        return "item_ids of a decode step must be real items in [1, num_items], got padding id 0"
+
+    checks.add([low, high], 1, num_items, message,
+               f"item_ids of a decode step must be real items in [1, num_items={num_items}]")

@@ -2,7 +2,8 @@
 sampled-softmax training and O(1)-per-event decode."""
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from .config import FuXiLinearConfig
 from .decode_state import DecodeState
 from .history_inputs import check_history, check_step_events
+from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
 from .retrieval import SequentialRetrievalMixin, l2_normalize
@@ -137,40 +139,140 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         )
         return l2_normalize(y[last]), state
 
+    def empty_state(self, num_users: int, device: Optional[torch.device] = None) -> DecodeState:
+        """An all-zero :class:`DecodeState` of ``num_users`` rows for this model (a pool to prefill into):
+        float64 states for a float64 model, float32 otherwise; on the model's device unless ``device``."""
+        c = self.config
+        ref = self.blocks[0].uvqk
+        device = ref.device if device is None else torch.device(device)
+        dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+        L, D, H, Ht = c.num_blocks, c.embedding_dim, c.num_heads, 2 * c.temporal_num_periods
+        return DecodeState(
+            retention=torch.zeros(L, num_users, H, c.qk_dim, D // H, dtype=dtype, device=device),
+            temporal=torch.zeros(L, num_users, Ht, 2, D // Ht, dtype=dtype, device=device),
+            positional=torch.zeros(L, num_users, 1, c.positional_dim, D, dtype=dtype, device=device),
+            last_timestamp=torch.zeros(num_users, dtype=torch.int64, device=device),
+            position=torch.zeros(num_users, dtype=torch.int64, device=device),
+        )
+
+    def _check_state(self, state: object) -> DecodeState:
+        """A :class:`DecodeState` laid out for this model (shapes, dtypes, one device): metadata only."""
+        if not isinstance(state, DecodeState):
+            raise TypeError(f"state must be a DecodeState, got {type(state).__name__}")
+        c = self.config
+        P = state.num_users
+        L, D, H, Ht = c.num_blocks, c.embedding_dim, c.num_heads, 2 * c.temporal_num_periods
+        expected = {"retention": (L, P, H, c.qk_dim, D // H), "temporal": (L, P, Ht, 2, D // Ht),
+                    "positional": (L, P, 1, c.positional_dim, D), "last_timestamp": (P,), "position": (P,)}
+        for name, shape in expected.items():
+            t = getattr(state, name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                raise ValueError(f"state.{name} must have shape {shape} for this model, got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if t.device != state.device:
+                raise ValueError(f"state.{name} is on {t.device}, the rest of the state on {state.device}")
+            kinds = (torch.int64,) if name in ("last_timestamp", "position") else (torch.float32, torch.float64)
+            if t.dtype not in kinds:
+                raise TypeError(f"state.{name} must have dtype in {kinds}, got {t.dtype}")
+        return state
+
+    def check_step(
+        self,
+        state: DecodeState,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        state_indices: Optional[torch.Tensor] = None,
+        validate: Union[bool, str] = True,
+    ) -> None:
+        """The checks :meth:`step` runs (see its ``validate``); raises ``TypeError``/``ValueError`` naming the
+        argument. Metadata on the host; the values (item ids, positions, state rows) in one batch."""
+        mode = resolve_value_check_mode(validate, state.device if isinstance(state, DecodeState) else
+                                        torch.device("cpu"))
+        if mode is None:
+            return
+        state = self._check_state(state)
+        P = state.num_users
+        checks = ValueChecks()
+        if state_indices is None:
+            N, positions = P, state.position
+        else:
+            if not isinstance(state_indices, torch.Tensor) or state_indices.ndim != 1 or \
+                    state_indices.dtype not in (torch.int32, torch.int64):
+                raise TypeError(f"state_indices must be a 1-D int64 (or int32) tensor (N,), got "
+                                f"{getattr(state_indices, 'dtype', type(state_indices).__name__)} "
+                                f"{tuple(getattr(state_indices, 'shape', ()))}")
+            if state_indices.device != state.device:
+                raise ValueError(f"state_indices must be on the state's device {state.device}, got "
+                                 f"{state_indices.device}")
+            N = state_indices.shape[0]
+            add_distinct_rows_check(checks, "state_indices", state_indices, P)
+            # clamped so that an index out of range is reported by the check above, not by the gather
+            positions = state.position.index_select(0, state_indices.clamp(0, max(P - 1, 0))) if P else \
+                state.position[:0]
+        check_step_events(item_ids, timestamps, query_timestamps, N, self.config.num_items, "state", state.device,
+                          checks)
+        limit = self.config.max_positions
+        if positions.numel():
+            checks.add([positions.max()], 0, limit - 1,
+                       lambda v: f"a user would reach position {v[0]}, beyond the model's position tables "
+                                 f"({limit} positions); re-prefill the most recent events instead",
+                       f"a user would reach a position beyond the model's position tables ({limit} positions)")
+        checks.run(mode)
+
     def step(
         self,
         state: DecodeState,
         item_ids: torch.Tensor,
         timestamps: torch.Tensor,
         query_timestamps: torch.Tensor,
+        state_indices: Optional[torch.Tensor] = None,
+        validate: Union[bool, str] = True,
     ) -> Tuple[torch.Tensor, DecodeState]:
         """Append one event per user in O(1) of the history length.
 
         Args:
-            state: from :meth:`prefill` or an earlier step; it is advanced IN PLACE and returned.
+            state: from :meth:`prefill`, an earlier step or :meth:`empty_state`; advanced IN PLACE and returned.
             item_ids: ``(N,)`` int64 ids of the new events (no padding: 1..num_items).
             timestamps: ``(N,)`` int64 times of the new events.
             query_timestamps: ``(N,)`` int64 request times after the new events.
+            state_indices: optional ``(N,)`` int64 distinct rows of ``state`` (a pool) that the N events belong
+                to; the other rows are left untouched. Without it, user n is row n and N = ``state.num_users``.
+            validate: ``True`` (default) checks everything: shapes, dtypes and devices on the host, then the
+                values (item ids in range, positions within the tables, state rows in range and distinct) in
+                one batch -- on a CPU read back at once (``ValueError``), on CUDA as device-side asserts
+                (``torch._assert_async``: no host synchronisation, capturable in a CUDA graph; a failure
+                surfaces at the next synchronisation and leaves the CUDA context unusable). ``"sync"``:
+                the values read back on any device (one host synchronisation; a clear ``ValueError`` at
+                once, also on CUDA). ``"async"``: device-side asserts on any device (a ``RuntimeError``
+                on a CPU). ``False``: no checks at all, for callers that guarantee their inputs (bad
+                values are then undefined behaviour: out-of-range gathers, racing rows).
         Returns:
             ``(user vectors (N, D), state)``.
+
+        The step runs without autograd (decode is inference) and never synchronises with the device
+        itself: with ``validate=False`` or the CUDA default it issues no host synchronisation at all.
         """
-        if not isinstance(state, DecodeState):
-            raise TypeError(f"state must be a DecodeState, got {type(state).__name__}")
-        N = state.num_users
-        check_step_events(item_ids, timestamps, query_timestamps, N, self.config.num_items, "state", state.device)
-        if N and int(state.position.max()) >= self.config.max_positions:
-            raise ValueError(
-                f"a user would reach position {int(state.position.max())}, beyond the model's position tables "
-                f"({self.config.max_positions} positions); re-prefill the most recent events instead"
-            )
-        item_ids = item_ids.long()
-        positions = state.position
-        x = self._embed(item_ids, positions)
-        feats = self.temporal.features(timestamps, query_timestamps, timestamps - state.last_timestamp)
-        for i, block in enumerate(self.blocks):
-            states = (state.retention[i], state.temporal[i], state.positional[i])
-            x = block.step(x, feats if self.config.use_temporal else None, positions, states,
-                           backend=self.config.backend)
-        state.last_timestamp.copy_(timestamps)
-        state.position.add_(1)
-        return l2_normalize(x), state
+        self.check_step(state, item_ids, timestamps, query_timestamps, state_indices, validate)
+        c = self.config
+        with torch.no_grad():
+            rows = None if state_indices is None else state_indices.long()
+            if rows is None:
+                positions, last = state.position, state.last_timestamp
+            else:
+                positions = state.position.index_select(0, rows)
+                last = state.last_timestamp.index_select(0, rows)
+            x = torch.add(self.position_embedding(positions), self.item_embedding(item_ids),
+                          alpha=math.sqrt(c.embedding_dim))  # the input layer at real items (no padding)
+            feats = (self.temporal.step_features(timestamps, query_timestamps, timestamps - last, x.dtype)
+                     if c.use_temporal else None)
+            per_block = zip(state.retention.unbind(0), state.temporal.unbind(0), state.positional.unbind(0))
+            for block, states in zip(self.blocks, per_block):
+                x = block.step(x, feats, positions, states, backend=c.backend, state_indices=rows, validate=False)
+            if rows is None:
+                state.last_timestamp.copy_(timestamps)
+                state.position.add_(1)
+            else:
+                state.last_timestamp.index_copy_(0, rows, timestamps)
+                state.position.index_copy_(0, rows, positions + 1)
+            return l2_normalize(x), state

@@ -56,6 +56,37 @@ def test_bench_writes_rows_table_and_plot(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_decode_throughput_rows_and_table(tmp_path, capsys):
+    """users/s on every decode row, the N sweep as extra rows (stage "decode-throughput"), a throughput
+    table; on a CPU no GB/s or % of peak (those are CUDA figures)."""
+    out = tmp_path / "rows.json"
+    assert main(["bench", *TINY, "--seq-lens", "8", "--decode-users", "5,3", "--models", "fuxi-linear,sasrec",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    decode = [r for r in rows if r["stage"] == "decode"]
+    sweep = [r for r in rows if r["stage"] == "decode-throughput"]
+    assert len(decode) == 2 and [r["batch_size"] for r in sweep] == [3, 5]
+    for r in decode + sweep:
+        assert r["users_per_s"] == pytest.approx(r["batch_size"] / (r["ms"] / 1e3))
+        assert "gbs" not in r and r["bytes_per_step"] > 0
+    fl = next(r for r in decode if r["model"] == "fuxi-linear")
+    assert fl["bytes_per_step"] == 2 * (2 * fl["state_bytes_per_user"] + 8 + 16 + 32 * 4)
+    assert all(r["model"] == "fuxi-linear" and r["status"] == "ok" for r in sweep)
+    text = capsys.readouterr().out
+    assert "decode throughput" in text and "| fuxi-linear | 256 | 5 |" in text and "GB/s" not in text
+
+
+def test_peak_bandwidth_table_and_flags():
+    assert benchmarking.nominal_peak_gbs("NVIDIA H200") == 4800.0
+    assert benchmarking.nominal_peak_gbs("NVIDIA H100 80GB HBM3") == 3350.0
+    assert benchmarking.nominal_peak_gbs("NVIDIA A100-SXM4-80GB") == 2039.0
+    assert benchmarking.nominal_peak_gbs("Some Future GPU") is None
+    assert BenchSettings(device="cpu").resolve().decode_users == []
+    assert BenchSettings(device="cpu", decode_users="4,2").resolve().decode_users == [2, 4]
+    with pytest.raises(BenchError, match="--peak-gbs"):
+        BenchSettings(device="cpu", peak_gbs=-1).resolve()
+
+
 def test_bench_without_fuxi_linear_has_no_speedups(capsys):
     assert main(["bench", *TINY, "--seq-lens", "8", "--models", "sasrec,hstu"]) == 0
     text = capsys.readouterr().out
@@ -68,6 +99,7 @@ def test_bench_without_fuxi_linear_has_no_speedups(capsys):
     (["--seq-lens", "64,abc"], "'abc'"),
     (["--seq-lens", "0,64"], "positive"),
     (["--seq-lens", ""], "--seq-lens"),
+    (["--decode-users", "4,x"], "--decode-users must be a comma-separated list"),
     (["--dtype", "fp8"], "--dtype must be one of fp32, bf16, fp16"),
     (["--batch-size", "0"], "--batch-size must be a positive int"),
     (["--embedding-dim", "40", "--num-heads", "4"], "multiple of 16"),
@@ -157,6 +189,7 @@ def test_fuxi_linear_decode_is_constant_in_the_history_length(tiny_models):
     assert [t.shape for t in s16.tensors()] == [t.shape for t in s64.tensors()]
     assert s16.nbytes_per_user() == s64.nbytes_per_user() == state_bytes_per_user(s64, 64)
     with torch.inference_mode():
+        decode_call(model, s16.clone(), in16)  # the first step derives the step weights (cached afterwards)
         cost16 = step_cost(lambda: decode_call(model, s16, in16))
         cost64 = step_cost(lambda: decode_call(model, s64, in64))
     assert cost16 == cost64  # same FLOPs, tensor elements and ATen calls at T=16 and T=64

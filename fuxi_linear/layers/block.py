@@ -1,6 +1,7 @@
 """The FuXi-Linear block (SPEC §5): three linear-complexity channels, gated, then the multi-stage FFN."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -8,12 +9,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ffn import MultiStageFFN
-from .norms import layer_norm
+from ..ops.fused_block_step import fused_block_step
+from .norms import layer_norm, rms_norm
 from .positional import LinearPositionalChannel
 from .retention import RetentionChannel
+from .step_cache import DerivedCache
 from .temporal import TemporalFeatures, TemporalRetentionChannel
 
 ChannelStates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # retention, temporal, positional
+
+
+@dataclass
+class StepWeights:
+    """The block's weights in the layout a decode step multiplies by (cached between steps).
+
+    ``w_in (D, 4D + 2 H dqk + 2D)``: ``[W_uvqk | W_v^T | W_p^T]``, every input projection of the block in one
+    matrix (SiLU applies to the first ``4D + 2 H dqk`` columns only); ``w0 (3D, D)``, ``w31 (D, 2F)``
+    (``[W3^T | W1^T]``) and ``w2 (F, D)``: the FFN's, transposed for ``x @ w``; all (in, out) contiguous,
+    the layout in which small-batch CPU products are fastest. ``gain, skip (3D,)``: the channels' outputs
+    become ``gain * o + skip * v`` per column -- the retention heads' inclusive decay ``d_h`` (skip 0), the
+    temporal ``alpha_h``/``beta_h`` and the positional ``alpha``/``beta``; ``gain_ablation, skip_ablation``
+    the same with the temporal columns zero (``use_temporal=False``).
+    """
+
+    w_in: torch.Tensor
+    w0: torch.Tensor
+    w31: torch.Tensor
+    w2: torch.Tensor
+    gain: torch.Tensor
+    skip: torch.Tensor
+    gain_ablation: torch.Tensor
+    skip_ablation: torch.Tensor
 
 
 class FuXiLinearBlock(nn.Module):
@@ -45,6 +71,7 @@ class FuXiLinearBlock(nn.Module):
         self.temporal = TemporalRetentionChannel(dim, num_periods)
         self.positional = LinearPositionalChannel(dim, positional_dim, positional_table_size)
         self.ffn = MultiStageFFN(dim, ffn_hidden_dim, dropout)
+        self._step_cache = DerivedCache()
 
     def _project(self, x: torch.Tensor):
         """``x: (..., D)`` -> ``x_hat (..., D)``, ``u (..., 3D)``, ``q, k (..., H, dqk)``, ``v (..., H, D/H)``."""
@@ -83,6 +110,32 @@ class FuXiLinearBlock(nn.Module):
         y_p, s_p = self.positional(x_hat, positions, **kw)
         return self._mix(x, u, y_s, y_t, y_p), ((s_s, s_t, s_p) if output_final_state else None)
 
+    def step_weights(self) -> StepWeights:
+        """:class:`StepWeights`, recomputed only when one of the weights changes."""
+        f, t, p = self.ffn, self.temporal, self.positional
+
+        def sources():
+            return (self.uvqk, t.proj_v.weight, p.proj_p.weight, f.lin0.weight, f.lin1.weight, f.lin2.weight,
+                    f.lin3.weight, self.retention.decay_logits, t.alpha, t.beta, p.alpha, p.beta)
+
+        def compute() -> StepWeights:
+            D = self.dim
+            w_in = torch.cat([self.uvqk, t.proj_v.weight.t(), p.proj_p.weight.t()], dim=1)
+            w31 = torch.cat([f.lin3.weight, f.lin1.weight], dim=0).t()
+            d = self.retention.step_decay()[1].to(w_in.dtype)
+            per_column = lambda per_head, width: per_head.to(w_in.dtype).repeat_interleave(width)  # noqa: E731
+            gain = torch.cat([per_column(d, D // self.num_heads), per_column(t.alpha, D // t.num_heads),
+                              per_column(p.alpha, D)])
+            skip = torch.cat([torch.zeros_like(d).repeat_interleave(D // self.num_heads),
+                              per_column(t.beta, D // t.num_heads), per_column(p.beta, D)])
+            ablation = torch.ones_like(gain)
+            ablation[D:2 * D] = 0.0
+            return StepWeights(w_in=w_in.contiguous(), w0=f.lin0.weight.t().contiguous(), w31=w31.contiguous(),
+                               w2=f.lin2.weight.t().contiguous(), gain=gain, skip=skip,
+                               gain_ablation=gain * ablation, skip_ablation=skip * ablation)
+
+        return self._step_cache.get(sources, compute)
+
     def step(
         self,
         x: torch.Tensor,
@@ -90,10 +143,39 @@ class FuXiLinearBlock(nn.Module):
         positions: torch.Tensor,
         states: ChannelStates,
         backend: str = "auto",
+        state_indices: Optional[torch.Tensor] = None,
+        validate: bool = True,
     ) -> torch.Tensor:
-        """One event per user: ``x: (N, D)``, ``positions: (N,)``; advances the three states in place."""
-        x_hat, u, q, k, v = self._project(x)
-        y_s = self.retention.step(q, k, v, states[0], backend=backend)
-        y_t = torch.zeros_like(x_hat) if temporal is None else self.temporal.step(x_hat, temporal, states[1], backend=backend)
-        y_p = self.positional.step(x_hat, positions, states[2], backend=backend)
-        return self._mix(x, u, y_s, y_t, y_p)
+        """One event per user: ``x: (N, D)``, ``positions: (N,)``; advances the three states in place (rows
+        ``state_indices (N,)`` of state pools, if given) and returns the block output ``(N, D)``.
+
+        The same math as :meth:`forward` on one more event, arranged for few operations: one matrix product
+        for every input projection (:meth:`step_weights`), the three channels in one
+        :func:`fuxi_linear.ops.fused_block_step` (one kernel launch on a GPU), the three output norms as one
+        norm over ``(N, 3, D)``, the FFN's W1 and W3 as one product and a GLU. Decode only: not differentiable, no
+        dropout. ``validate=False`` skips the operator's input checks (the caller checked the states).
+        """
+        w = self.step_weights()
+        N, D = x.shape
+        H, Hq = self.num_heads, self.num_heads * self.qk_dim
+        proj = layer_norm(x) @ w.w_in
+        F.silu(proj[:, : 4 * D + 2 * Hq], inplace=True)  # u, q, k, v; the channel values W_v, W_p are linear
+        u, q, k, v, v_t, v_p = proj.split([3 * D, Hq, Hq, D, D, D], dim=1)
+        channels = [self.retention.step_channel(q.view(N, H, -1), k.view(N, H, -1), v.view(N, H, -1), states[0])]
+        if temporal is not None:
+            channels.append(self.temporal.step_channel(v_t.view(N, self.temporal.num_heads, -1), temporal, states[1]))
+        channels.append(self.positional.step_channel(v_p.view(N, 1, D), positions, states[2]))
+        o = fused_block_step(channels, state_indices, backend=backend, validate=validate)
+        if temporal is None:  # the ablation's temporal output is zero (its state stays as it is)
+            o = torch.cat([o[:, :D], torch.zeros_like(o[:, :D]), o[:, D:]], dim=1)
+            gain, skip = w.gain_ablation, w.skip_ablation
+        else:
+            gain, skip = w.gain, w.skip
+        v_all = proj[:, 3 * D + 2 * Hq:]  # [v | v_t | v_p], the skip terms
+        # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
+        y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
+        h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)
+        up_gate = rms_norm(h) @ w.w31
+        # SiLU(W1 z) * W3 z = (W3 z * sigmoid(W1 z)) * W1 z: GLU over [W3 z | W1 z], times W1 z
+        hidden = F.glu(up_gate, dim=1).mul_(up_gate[:, w.w2.shape[0]:])
+        return torch.addmm(h, hidden, w.w2)

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..ops import chunk_decay_attention, decay_attention_step
+from ..ops import chunk_decay_attention
+from ..ops.fused_block_step import StepChannel, fused_block_step
 
 
 def sinusoidal_table(num_positions: int, width: int) -> torch.Tensor:
@@ -67,9 +68,19 @@ class LinearPositionalChannel(nn.Module):
                                          backend=backend)
         return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2), state
 
-    def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto"):
-        """``x_hat: (N, D)``, ``positions: (N,)`` int64; advances ``state`` in place; returns ``y: (N, D)``."""
+    def step_channel(self, v: torch.Tensor, positions: torch.Tensor, state: torch.Tensor) -> StepChannel:
+        """The positional channel as a fused-decode-step channel: values ``v: (N, 1, D)``, ``positions: (N,)``
+        int64, state pool ``(P, 1, P_dim, D)``. q and k are the same table row (k's ``1 / (P/2)`` is the
+        operator's ``k_scale``), read once for both; ``alpha o + beta v`` is left to the caller."""
+        e = self.table.unsqueeze(1).index_select(0, positions)  # (N, 1, P)
+        if e.dtype != v.dtype:
+            e = e.to(v.dtype)
+        return StepChannel(e, e, v, state, k_scale=1.0 / (self.width // 2))
+
+    def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto",
+             state_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x_hat: (N, D)``, ``positions: (N,)`` int64; advances ``state`` in place (rows ``state_indices`` of
+        a pool, if given); returns ``y: (N, D)``. Not differentiable."""
         v = self.proj_p(x_hat).unsqueeze(-2)
-        q, k = self._qk(positions, v.dtype)
-        o, _ = decay_attention_step(q, k, v, state, backend=backend)
+        o = fused_block_step([self.step_channel(v, positions, state)], state_indices, backend=backend).view_as(v)
         return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2)

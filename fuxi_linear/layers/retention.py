@@ -6,7 +6,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops import chunk_decay_attention, decay_attention_step
+from ..ops import chunk_decay_attention
+from ..ops.fused_block_step import StepChannel, fused_block_step
+from .step_cache import DerivedCache
 
 
 class RetentionChannel(nn.Module):
@@ -21,6 +23,7 @@ class RetentionChannel(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.decay_logits = nn.Parameter(torch.randn(num_heads) * 0.02)  # "a" of SPEC §2
+        self._step_cache = DerivedCache()
 
     def rates(self) -> torch.Tensor:
         """Per-step decay rates ``r: (H,)`` (so the per-step decay is ``exp(-r)``)."""
@@ -44,11 +47,22 @@ class RetentionChannel(nn.Module):
             q, k, v, g_gamma=-r, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend
         )
 
+    def step_decay(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(g_gamma = -r, d = exp(-r))``, both ``(H,)``: the operator's per-head log-decay and the inclusive
+        decay folded into q. Cached between decode steps until ``decay_logits`` changes (not differentiable)."""
+        return self._step_cache.get(lambda: (self.decay_logits,), lambda: (-self.rates(), torch.exp(-self.rates())))
+
+    def step_channel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor) -> StepChannel:
+        """The retention channel as a fused-decode-step channel: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``,
+        state pool ``(P, H, dqk, dv)``. The operator's output ``q S`` still needs the inclusive decay ``d``
+        per head (``o = (d q) S = d (q S)``; :meth:`step_decay`), which the caller applies."""
+        return StepChannel(q, k, v, state, g_gamma=self.step_decay()[0])
+
     def step(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto"
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto",
+        state_indices: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """One event per user: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``; advances ``state`` in place; returns o."""
-        r = self.rates()
-        q = q * torch.exp(-r).to(q.dtype)[:, None]
-        o, _ = decay_attention_step(q, k, v, state, g_gamma=-r, backend=backend)
-        return o
+        """One event per user: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``; advances ``state`` in place (rows
+        ``state_indices`` of a pool, if given); returns ``o: (N, H, dv)``. Not differentiable."""
+        o = fused_block_step([self.step_channel(q, k, v, state)], state_indices, backend=backend)
+        return o.view_as(v) * self.step_decay()[1].to(v.dtype)[:, None]

@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .value_checks import ValueChecks, add_distinct_rows_check
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.int32, torch.int64)
 
@@ -110,8 +112,14 @@ def check_step_inputs(
     g_gamma: Optional[torch.Tensor],
     scale: float,
     state_indices: Optional[torch.Tensor],
+    check_values: bool = True,
 ) -> None:
-    """Validate the decode step's inputs (q, k: (N, H, K); v: (N, H, V); state: (P, H, K, V))."""
+    """Validate the decode step's inputs (q, k: (N, H, K); v: (N, H, V); state: (P, H, K, V)).
+
+    ``check_values=False`` checks metadata only (shapes, dtypes, devices: no host synchronisation) and leaves
+    the values of ``state_indices`` (in range, distinct) to the caller; otherwise they are read back in one
+    batched check (:mod:`fuxi_linear.ops.value_checks`), one synchronisation.
+    """
     check_tensor("q", q, 3, FLOAT_DTYPES)
     check_tensor("k", k, 3, FLOAT_DTYPES)
     check_tensor("v", v, 3, FLOAT_DTYPES)
@@ -131,11 +139,13 @@ def check_step_inputs(
             raise ValueError(f"state_indices must have N={N} entries, got {state_indices.numel()}")
         if tuple(state.shape[1:]) != (H, K, V):
             raise ValueError(f"state pool must have shape (P, H, K, V) with (H, K, V)={(H, K, V)}, got {tuple(state.shape)}")
-        if N and (int(state_indices.min()) < 0 or int(state_indices.max()) >= state.shape[0]):
-            raise ValueError(f"state_indices must lie in [0, {state.shape[0]}), got {state_indices.tolist()}")
-        if torch.unique(state_indices).numel() != N:
+        if state_indices.device != state.device:
+            raise ValueError(f"state_indices must be on the state's device {state.device}, got {state_indices.device}")
+        if check_values:
             # two sequences writing one pool row in place would race (and the result would depend on order)
-            raise ValueError(f"state_indices must name distinct state rows, got {state_indices.tolist()}")
+            checks = ValueChecks()
+            add_distinct_rows_check(checks, "state_indices", state_indices, state.shape[0])
+            checks.run("sync")
     if g is not None and g_gamma is not None:
         raise ValueError("pass either g (per sequence and head) or g_gamma (per head), not both")
     if g is not None:

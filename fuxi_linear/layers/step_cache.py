@@ -1,0 +1,78 @@
+"""Tensors derived from parameters that a decode step reuses until the parameters change.
+
+A decode step is a few hundred tiny operations on a CPU, so recomputing what only depends on the weights
+(concatenated projection matrices, decay factors of the retention heads, ...) at every step costs as much
+as the step's real work. :class:`DerivedCache` keeps such values and recomputes them when a tensor they
+come from changes:
+
+* in place (an optimizer step, ``load_state_dict``): the tensor's version counter moves;
+* its storage (``.to()``, ``.half()``, ``param.data = ...``): its data pointer moves;
+* the object itself (``module.weight = nn.Parameter(...)``, ``load_state_dict(assign=True)``): every
+  parameter or buffer registration in the process bumps a global epoch (module registration hooks), and
+  the caches start over.
+
+It is only used on paths that run without autograd (``FuXiLinear.step``), so training and its gradients
+never see a cached tensor. Checking a cache costs two attribute reads per source tensor.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, List, Optional, Sequence, Tuple, TypeVar
+
+import torch
+from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                     register_module_parameter_registration_hook)
+
+T = TypeVar("T")
+
+_epoch = [0]
+
+
+def _bump_epoch(module, name, tensor):  # registration hook: returns None, so the tensor is kept as given
+    _epoch[0] += 1
+
+
+register_module_parameter_registration_hook(_bump_epoch)
+register_module_buffer_registration_hook(_bump_epoch)
+
+
+class DerivedCache(Generic[T]):
+    """``cache.get(sources, compute)`` returns ``compute()``'s value, recomputed only when a source changes.
+
+    ``sources`` is called (to read the current parameters/buffers the value derives from) only when the value
+    is recomputed; ``compute`` runs under ``torch.no_grad()``. The cache is not a module buffer: nothing of it
+    is saved in a ``state_dict``.
+    """
+
+    def __init__(self) -> None:
+        self._epoch = -1
+        self._sources: List[torch.Tensor] = []
+        self._key: Tuple = ()
+        self._value: Optional[T] = None
+
+    @staticmethod
+    def registration_epoch() -> int:
+        """Counts parameter and buffer registrations in this process (it moves when one is replaced)."""
+        return _epoch[0]
+
+    @staticmethod
+    def _fingerprint(tensors: Sequence[torch.Tensor]) -> Optional[Tuple]:
+        try:
+            return tuple((t.data_ptr(), t._version) for t in tensors)
+        except RuntimeError:  # inference tensors have no version counter: never cache what depends on them
+            return None
+
+    def get(self, sources: Callable[[], Sequence[torch.Tensor]], compute: Callable[[], T]) -> T:
+        if self._epoch == _epoch[0] and self._key == self._fingerprint(self._sources):
+            return self._value  # type: ignore[return-value]
+        tensors = list(sources())
+        with torch.no_grad():
+            value = compute()
+        key = self._fingerprint(tensors)
+        if key is None:
+            self.clear()
+        else:
+            self._epoch, self._sources, self._key, self._value = _epoch[0], tensors, key, value
+        return value
+
+    def clear(self) -> None:
+        self._epoch, self._sources, self._key, self._value = -1, [], (), None

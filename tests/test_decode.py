@@ -1,0 +1,271 @@
+"""``FuXiLinear.step``: through the fused Triton kernel (interpreted on a CPU) and the reference, against a fresh
+prefill of the longer history; state pools; the validation modes (clear errors, and no host synchronisation
+where promised); cached step weights following parameter changes; training unaffected."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
+
+import pytest  # noqa: E402
+
+from fuxi_linear import DecodeState  # noqa: E402
+from fuxi_linear.benchmarking import HostSyncCounter  # noqa: E402
+from fuxi_linear.ops import triton_available  # noqa: E402
+from model_helpers import random_histories, tiny_model  # noqa: E402
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+
+
+def rel(a, b):
+    """Relative error; against an all-zero reference (the ablation's temporal state), the absolute one."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / max(float(b.norm()), 1.0))
+
+
+def _history(model, lengths, seed=0):
+    ids, ts, _, ts_ext = random_histories(model.config.num_items, torch.tensor(lengths), seed=seed)
+    return ids, ts, torch.tensor(lengths), ts_ext
+
+
+def _prefix(ids, ts, ts_ext, lengths, cut):
+    rows = torch.arange(len(lengths))
+    prefix = lengths - cut
+    pad = torch.where(torch.arange(ids.shape[1])[None] < prefix[:, None], ids, 0)
+    return pad, prefix, ts_ext[rows, prefix]
+
+
+@needs_triton
+@pytest.mark.parametrize("use_temporal", [True, False])
+def test_triton_step_equals_reference_and_a_longer_prefill(use_temporal):
+    ref = tiny_model(dtype=torch.float32, backend="reference", use_temporal=use_temporal)
+    tri = tiny_model(dtype=torch.float32, backend="triton", use_temporal=use_temporal)
+    tri.load_state_dict(ref.state_dict())
+    ids, ts, lengths, ts_ext = _history(ref, [9, 5, 7], seed=4)
+    rows = torch.arange(3)
+    pad, prefix, q = _prefix(ids, ts, ts_ext, lengths, 2)
+    with torch.no_grad():
+        _, s_ref = ref.prefill(pad, ts, prefix, q)
+        s_tri = s_ref.clone()
+        for j in range(2):
+            p = prefix + j
+            args = (ids[rows, p], ts[rows, p], ts_ext[rows, p + 1])
+            u_ref, _ = ref.step(s_ref, *args)
+            u_tri, _ = tri.step(s_tri, *args)
+            longer = ref.prefill(torch.where(torch.arange(ids.shape[1])[None] <= p[:, None], ids, 0), ts, p + 1,
+                                 ts_ext[rows, p + 1])
+            assert rel(u_tri, u_ref) < 1e-5
+            assert rel(u_tri, longer[0]) < 1e-5
+    for a, b, c in zip(s_tri.tensors(), s_ref.tensors(), longer[1].tensors()):
+        assert rel(a, b) < 1e-5 and rel(a, c) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_steps_in_a_pool_touch_only_their_rows(backend):
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    model = tiny_model(dtype=dtype, backend=backend)
+    ids, ts, lengths, ts_ext = _history(model, [6, 3, 8, 4], seed=2)
+    rows = torch.arange(4)
+    with torch.no_grad():
+        _, pool = model.prefill(ids, ts, lengths, ts_ext[rows, lengths])
+        before = pool.clone()
+        chosen = torch.tensor([3, 1])
+        new = (torch.tensor([5, 6]), ts_ext[chosen, lengths[chosen]], ts_ext[chosen, lengths[chosen]] + 7)
+        u_pool, _ = model.step(pool, *new, state_indices=chosen)
+        alone = before.select(chosen)
+        u_alone, _ = model.step(alone, *new)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert rel(u_pool, u_alone) < tol
+    for name, a, b, c in zip(("retention", "temporal", "positional", "last_timestamp", "position"),
+                             pool.tensors(), alone.tensors(), before.tensors()):
+        dim = DecodeState._USER_DIM[name]
+        assert (a.index_select(dim, chosen).double() - b.double()).abs().max() <= tol, name
+        untouched = torch.tensor([0, 2])
+        assert torch.equal(a.index_select(dim, untouched), c.index_select(dim, untouched)), name
+
+
+def test_empty_state_is_a_pool_to_write_into():
+    model = tiny_model()
+    pool = model.empty_state(5)
+    assert pool.num_users == 5 and pool.retention.dtype == torch.float64 and pool.position.sum() == 0
+    assert tiny_model(dtype=torch.float32).empty_state(2).temporal.dtype == torch.float32
+    ids, ts, lengths, ts_ext = _history(model, [4, 6], seed=1)
+    with torch.no_grad():
+        _, state = model.prefill(ids, ts, lengths, ts_ext[torch.arange(2), lengths])
+    pool.write_rows(torch.tensor([4, 1]), state)
+    assert torch.equal(pool.select([4, 1]).retention, state.retention)
+    assert torch.equal(pool.position, torch.tensor([0, 6, 0, 0, 4]))
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+@pytest.fixture(scope="module")
+def prefilled():
+    model = tiny_model(dtype=torch.float32, max_seq_len=6, positional_table_size=9, absolute_position_table_size=9)
+    ids, ts, lengths, ts_ext = _history(model, [5, 3, 8], seed=3)
+    with torch.no_grad():
+        _, state = model.prefill(ids, ts, lengths, ts_ext[torch.arange(3), lengths])
+    t = ts_ext[torch.arange(3), lengths]
+    return model, state, (torch.tensor([1, 2, 3]), t, t + 5)
+
+
+def _bad(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda s, a: (s, _bad(a, 0, torch.tensor([0, 2, 3])), {}), ValueError, "padding id 0"),
+    (lambda s, a: (s, _bad(a, 0, torch.tensor([1, 41, 3])), {}), ValueError,
+     r"item_ids must lie in \[0, num_items=40\] \(0 = padding\), got values in \[1, 41\]"),
+    (lambda s, a: (s, _bad(a, 0, torch.tensor([1, 2])), {}), ValueError, r"item_ids must have shape \(N,\)=\(3,\)"),
+    (lambda s, a: (s, _bad(a, 0, torch.tensor([1., 2., 3.])), {}), TypeError, "item_ids must be an int64"),
+    (lambda s, a: (s, _bad(a, 1, a[1].double()), {}), TypeError, "timestamps must be int64"),
+    (lambda s, a: (s, _bad(a, 2, a[2][:2]), {}), ValueError, r"query_timestamps must have shape \(N,\)"),
+    (lambda s, a: ({"x": 1}, a, {}), TypeError, "state must be a DecodeState"),
+    (lambda s, a: (tiny_model(dtype=torch.float32, num_blocks=1).empty_state(3), a, {}), ValueError,
+     r"state.retention must have shape \(2, 3, 2, 4, 8\)"),
+    (lambda s, a: (s, a, {"state_indices": torch.tensor([0, 3, 1])}), ValueError,
+     r"state_indices must lie in \[0, 3\), got \[0, 3, 1\]"),
+    (lambda s, a: (s, a, {"state_indices": torch.tensor([0, 2, 0])}), ValueError, "distinct state rows"),
+    (lambda s, a: (s, a, {"state_indices": torch.tensor([0., 1., 2.])}), TypeError, "state_indices must be a 1-D int64"),
+    (lambda s, a: (s, _bad(a, 0, torch.tensor([1, 2])), {"state_indices": torch.tensor([0, 1, 2])}), ValueError,
+     r"item_ids must have shape \(N,\)=\(3,\)"),
+    (lambda s, a: (s, a, {"validate": "maybe"}), ValueError, "validate must be True, False, 'sync' or 'async'"),
+])
+@pytest.mark.parametrize("validate", [True, "sync"])
+def test_bad_step_inputs_fail_clearly(prefilled, make, exc, match, validate):
+    model, state, args = prefilled
+    state, args, kwargs = make(state.clone(), args)
+    kwargs.setdefault("validate", validate)
+    with pytest.raises(exc, match=match):
+        model.step(state, *args, **kwargs)
+
+
+def test_positions_beyond_the_tables_fail(prefilled):
+    model, state, args = prefilled
+    full = state.clone()  # user 2 holds 8 events: its next event would be position 8 of 9 -- then 9
+    model.step(full, *args)
+    with pytest.raises(ValueError, match="a user would reach position 9, beyond the model's position tables"):
+        model.step(full, *args)
+    with pytest.raises(ValueError, match="position 9"):  # also when only that row is stepped
+        model.step(full, torch.tensor([1]), args[1][:1], args[2][:1], state_indices=torch.tensor([2]))
+
+
+def test_async_mode_fails_with_the_message_on_a_cpu(prefilled):
+    """``validate="async"`` is the CUDA default (device-side asserts); on a CPU it raises at once."""
+    model, state, args = prefilled
+    with pytest.raises(RuntimeError, match=r"item_ids of a decode step must be real items in \[1, num_items=40\]"):
+        model.step(state.clone(), *_bad(args, 0, torch.tensor([0, 2, 3])), validate="async")
+    with pytest.raises(RuntimeError, match="distinct state rows"):
+        model.step(state.clone(), *args, state_indices=torch.tensor([1, 1, 0]), validate="async")
+    with pytest.raises(TypeError, match="timestamps must be int64"):  # metadata is checked on the host at once
+        model.step(state.clone(), *_bad(args, 1, args[1].double()), validate="async")
+
+
+def test_validate_false_checks_nothing(prefilled):
+    model, state, args = prefilled
+    model.step(state.clone(), *args, validate=False)  # fine inputs, no checks
+    model.step(state.clone(), torch.tensor([1, 2, 3]), args[1], args[2], state_indices=torch.tensor([2, 1, 0]),
+               validate=False)
+
+
+@pytest.mark.parametrize("validate, syncs", [(False, 0), ("async", 0), ("sync", 1)])
+@pytest.mark.parametrize("pool", [False, True])
+def test_host_synchronisations_per_step(prefilled, validate, syncs, pool):
+    """Counted by structure (every value read back, every data-dependent-size operator): ``validate=False``
+    and the CUDA default ("async") read nothing back; "sync" (the CPU default) reads all its checks once."""
+    model, state, args = prefilled
+    state = state.clone()
+    kwargs = {"state_indices": torch.tensor([2, 0, 1])} if pool else {}
+    with HostSyncCounter() as counter:
+        model.step(state, *args, validate=validate, **kwargs)
+    assert counter.syncs == syncs, counter.events
+
+
+def test_the_counter_sees_syncs():
+    """The counter is not vacuous: the step's old per-check reads would all have been caught."""
+    x = torch.tensor([3, 1, 2])
+    with HostSyncCounter() as counter:
+        int(x.max())
+        x.tolist()
+        if (x > 2).any():
+            pass
+        torch.unique(x)
+    assert counter.syncs == 4, counter.events
+
+
+# --------------------------------------------------------------------------------------- caches, training
+
+def test_step_weights_follow_parameter_changes():
+    """The cached step weights are rebuilt after in-place updates, load_state_dict, a replaced parameter and
+    a dtype change: the step always equals a fresh model with the current weights."""
+    model = tiny_model()
+    other = tiny_model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5).add_(0.01)
+    ids, ts, lengths, ts_ext = _history(model, [5, 7], seed=6)
+    rows = torch.arange(2)
+    new = (torch.tensor([3, 4]), ts_ext[rows, lengths], ts_ext[rows, lengths] + 9)
+
+    def step_with(m):
+        with torch.no_grad():
+            _, state = m.prefill(ids, ts, lengths, ts_ext[rows, lengths])
+            return m.step(state, *new)[0]
+
+    step_with(model)  # fills the caches
+    model.load_state_dict(other.state_dict())
+    assert (step_with(model) - step_with(other)).abs().max() < 1e-12
+    with torch.no_grad():  # an optimizer-like in-place update
+        for p, q in zip(model.parameters(), other.parameters()):
+            p.add_(0.01)
+            q.add_(0.01)
+    assert (step_with(model) - step_with(other)).abs().max() < 1e-12
+    model.blocks[0].uvqk = torch.nn.Parameter(model.blocks[0].uvqk.detach() * 0.5)  # a new parameter object
+    other.blocks[0].uvqk.data.mul_(0.5)
+    assert (step_with(model) - step_with(other)).abs().max() < 1e-12
+    model.float()
+    other.float()
+    assert (step_with(model) - step_with(other)).abs().max() < 1e-5
+
+
+def test_steps_leave_training_and_its_gradients_alone():
+    model = tiny_model(dtype=torch.float32)
+    ids, ts, lengths, ts_ext = _history(model, [8, 5], seed=7)
+    rows = torch.arange(2)
+    q = ts_ext[rows, lengths]
+
+    def grads():
+        model.zero_grad()
+        model.loss(ids, ts, lengths, q, target_ids=torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0)
+                   ).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    before = grads()
+    with torch.no_grad():
+        _, state = model.prefill(ids, ts, lengths, q)
+    u, _ = model.step(state, torch.tensor([1, 2]), q, q + 3)  # grad mode on: the step still runs without autograd
+    assert not u.requires_grad
+    after = grads()
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("unit", ["seconds", "milliseconds"])
+def test_step_features_are_the_forward_features_bit_for_bit(unit):
+    """The decode step's temporal features (fewer operations) are the same numbers as the forward's, so a
+    step equals a prefill exactly up to the order of the sums (decreasing times and huge gaps included)."""
+    periods = dict(temporal_base=16, temporal_start=0, temporal_stride=1) if unit == "seconds" else \
+        dict(temporal_base=2, temporal_start=10, temporal_stride=3)
+    model = tiny_model(dtype=torch.float32, embedding_dim=32, temporal_num_periods=8, **periods)
+    g = torch.Generator().manual_seed(0)
+    scale = 1 if unit == "seconds" else 1000
+    t_key = 1_700_000_000 * scale + torch.randint(0, 10 ** 8, (64,), generator=g)
+    t_query = t_key + torch.randint(-1000, 10 ** 7, (64,), generator=g)  # some requests before the event
+    gap = torch.randint(-100, 10 ** 9, (64,), generator=g)
+    with torch.no_grad():
+        expected = model.temporal.features(t_key, t_query, gap)
+        got = model.temporal.step_features(t_key, t_query, gap)
+    assert torch.equal(got.q, expected.q) and torch.equal(got.k, expected.k) and torch.equal(got.g, expected.g)

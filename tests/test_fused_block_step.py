@@ -1,0 +1,230 @@
+"""The fused block decode step (``fuxi_linear.ops.fused_block_step``): the Triton kernel (interpreted on a
+CPU) against the float64 math, in every decay mode, with pools, strided states, fp32 and bf16 inputs; the
+PyTorch reference against the single-channel operator; validation; the custom operator under
+``torch.compile``."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
+
+import pytest  # noqa: E402
+
+from fuxi_linear.ops import (StepChannel, decay_attention_step_reference, fused_block_step,  # noqa: E402
+                             fused_block_step_reference, triton_available)
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-5  # relative error of float32 kernels against the float64 math
+# The FuXi block's channel shapes, small: retention H=2 heads of 4 x 8, temporal 4 heads of 2 x 4 (tiny heads
+# batched many to a program), positional 1 head of 6 x 16 (K not a power of two, V split into blocks).
+SHAPES = {"retention": (2, 4, 8), "temporal": (4, 2, 4), "positional": (1, 6, 16)}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    from fuxi_linear.ops import triton_fused_block_step as tfs
+
+    monkeypatch.setattr(tfs, "POISON_OUTPUTS", True)  # an output element the kernel skips shows up as NaN
+    torch.manual_seed(0)
+
+
+def rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    assert a.shape == b.shape and torch.isfinite(a).all()
+    return float((a - b).norm() / b.norm())
+
+
+def make_channel(H, K, V, decay, N, rows=None, dtype=torch.float32, strided=False, k_scale=1.0, scale=1.0):
+    """A channel of N users: inputs in ``dtype``, a float32 state of ``rows`` (pool) or N rows; ``strided``
+    makes the state a non-contiguous view (a V-slice of a wider buffer, K and V axes swapped in memory) and
+    q, k, v column slices of one wider row (as the block's projection gives them)."""
+    rows = rows or N
+    if strided:
+        wide = torch.randn(N, 3 * H * K + H * V + 5, device=DEVICE).to(dtype)
+        q = wide[:, :H * K].view(N, H, K)
+        k = wide[:, H * K + 3:2 * H * K + 3].view(N, H, K)
+        v = wide[:, 3 * H * K:3 * H * K + H * V].view(N, H, V)
+        buffer = torch.randn(rows, H, V + 3, K, device=DEVICE)
+        state = buffer[:, :, 1:V + 1, :].transpose(-1, -2)  # (rows, H, K, V) with strides (., ., 1, K)
+    else:
+        q, k = (torch.randn(N, H, K, device=DEVICE).to(dtype) for _ in range(2))
+        v = torch.randn(N, H, V, device=DEVICE).to(dtype)
+        state = torch.randn(rows, H, K, V, device=DEVICE)
+    g = (-torch.rand(N, H, device=DEVICE)).to(dtype) if decay == "g" else None
+    g_gamma = -torch.rand(H, device=DEVICE) if decay == "gamma" else None
+    return StepChannel(q, k, v, state, g=g, g_gamma=g_gamma, scale=scale, k_scale=k_scale)
+
+
+def as_float64(c: StepChannel) -> StepChannel:
+    f = lambda t: None if t is None else t.double()  # noqa: E731
+    return c._replace(q=f(c.q), k=f(c.k), v=f(c.v), state=c.state.double().clone(), g=f(c.g), g_gamma=f(c.g_gamma))
+
+
+def check_against_float64(channels, state_indices=None, tol=TOL):
+    expected = [as_float64(c) for c in channels]
+    before = [c.state.clone() for c in channels]
+    o_ref = fused_block_step_reference(expected, state_indices)
+    o = fused_block_step(channels, state_indices, backend="triton")
+    assert o.shape == (channels[0].v.shape[0], sum(c.v.shape[1] * c.v.shape[2] for c in channels))
+    assert o.dtype == channels[0].v.dtype
+    assert rel(o, o_ref) <= tol
+    for c, e, b in zip(channels, expected, before):
+        assert rel(c.state, e.state) <= TOL
+        if state_indices is not None:  # rows the step does not name are untouched, bit for bit
+            untouched = [r for r in range(c.state.shape[0]) if r not in state_indices.tolist()]
+            assert torch.equal(c.state[untouched], b[untouched])
+    return o
+
+
+@pytest.mark.parametrize("modes", [("gamma", "g", "none"), ("none", "gamma", "g"), ("g", "none", "gamma")])
+def test_three_channels_every_decay_mode(modes):
+    N = 5
+    channels = [make_channel(*shape, mode, N, k_scale=0.5 if name == "positional" else 1.0,
+                             scale=0.75 if name == "retention" else 1.0)
+                for (name, shape), mode in zip(SHAPES.items(), modes)]
+    check_against_float64(channels)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_pool_rows(index_dtype):
+    N, P = 4, 9
+    channels = [make_channel(*shape, mode, N, rows=P) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    check_against_float64(channels, torch.tensor([7, 0, 4, 2], dtype=index_dtype, device=DEVICE))
+
+
+def test_strided_inputs_and_states():
+    N, P = 3, 6
+    channels = [make_channel(*shape, mode, N, rows=P, strided=True)
+                for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    assert not channels[0].q.is_contiguous() and not channels[0].state.is_contiguous()
+    check_against_float64(channels, torch.tensor([5, 1, 3], device=DEVICE))
+
+
+def test_bf16_inputs_fp32_state():
+    N = 4
+    channels = [make_channel(*shape, mode, N, dtype=torch.bfloat16)
+                for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    # the kernel converts bf16 on load and accumulates in float32: only the output's rounding to bf16 differs
+    check_against_float64(channels, tol=1e-2)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_fewer_channels(count):
+    N = 3
+    channels = [make_channel(*shape, mode, N) for shape, mode in list(zip(SHAPES.values(), ("g", "gamma", "none")))[:count]]
+    check_against_float64(channels)
+
+
+def test_many_users_span_several_programs():
+    """Enough users that every channel needs several programs (and the temporal rows a partial last block)."""
+    from fuxi_linear.ops.triton_fused_block_step import channel_tiles
+
+    N = 70
+    assert channel_tiles(*SHAPES["temporal"], N)[3] > 1
+    channels = [make_channel(*shape, mode, N) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    check_against_float64(channels)
+
+
+def test_program_sizes():
+    """Tiles hold about TILE_ELEMENTS state elements; the temporal heads (2 x 8 at D=128) are batched 128
+    (user, head) rows to a program, not one tiny tile each; nothing depends on N but the program count."""
+    from fuxi_linear.ops.triton_fused_block_step import TILE_ELEMENTS, channel_tiles
+
+    paper = {"retention": (4, 32, 32), "temporal": (16, 2, 8), "positional": (1, 32, 128)}
+    for name, (H, K, V) in paper.items():
+        BR, BK, BV, programs = channel_tiles(H, K, V, 4096)
+        assert BR * BK * BV == TILE_ELEMENTS, name
+        assert channel_tiles(H, K, V, 64)[:3] == (BR, BK, BV)
+        assert programs == -(-4096 * H // BR) * -(-V // BV)
+    assert channel_tiles(*paper["temporal"], 4096)[0] == 128
+
+
+def test_reference_equals_single_channel_operator():
+    """The fused reference is the single-channel decode step per channel (float64, pools included)."""
+    N, P = 4, 6
+    rows = torch.tensor([5, 2, 0, 3], device=DEVICE)
+    channels = [as_float64(make_channel(*shape, mode, N, rows=P, scale=0.5))
+                for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    copies = [c.state.clone() for c in channels]
+    o = fused_block_step_reference(channels, rows)
+    col = 0
+    for c, copy in zip(channels, copies):
+        o_c, _ = decay_attention_step_reference(c.q, c.k, c.v, copy, g=c.g, g_gamma=c.g_gamma, scale=c.scale,
+                                                state_indices=rows)
+        width = c.v.shape[1] * c.v.shape[2]
+        assert (o[:, col:col + width] - o_c.flatten(1)).abs().max() < 1e-12
+        assert (c.state - copy).abs().max() < 1e-12
+        col += width
+
+
+def test_k_scale_scales_the_update_not_the_state_read():
+    N = 2
+    c = make_channel(1, 4, 8, "none", N, k_scale=0.25)
+    state0 = c.state.clone()
+    fused_block_step_reference([c])
+    expected = state0 + 0.25 * c.k[..., :, None] * c.v[..., None, :]
+    assert (c.state - expected).abs().max() < 1e-6
+
+
+def test_empty_batch():
+    channels = [make_channel(*shape, mode, 0, rows=3) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    before = [c.state.clone() for c in channels]
+    o = fused_block_step(channels, torch.zeros(0, dtype=torch.int64, device=DEVICE), backend="triton")
+    assert o.shape == (0, 16 + 16 + 16)
+    assert all(torch.equal(c.state, b) for c, b in zip(channels, before))
+
+
+@pytest.mark.parametrize("mutate, exc, match", [
+    (lambda ch, idx: ("x", idx), TypeError, "list or tuple of StepChannel"),
+    (lambda ch, idx: (ch[0], idx), TypeError, "list or tuple of StepChannel"),
+    (lambda ch, idx: ([], idx), ValueError, "1 to 3 channels"),
+    (lambda ch, idx: (ch + ch[:1], idx), ValueError, "1 to 3 channels"),
+    (lambda ch, idx: ([ch[0], (1, 2)], idx), TypeError, r"channels\[1\] must be a StepChannel"),
+    (lambda ch, idx: ([ch[0]._replace(k=ch[0].k[..., :3])], idx), ValueError, r"channels\[0\]: q and k"),
+    (lambda ch, idx: ([ch[0], ch[1]._replace(state=ch[1].state.half())], idx), TypeError,
+     r"channels\[1\]: state must have dtype"),
+    (lambda ch, idx: ([ch[0], ch[1]._replace(q=ch[1].q[:3], k=ch[1].k[:3], v=ch[1].v[:3], g=ch[1].g[:3])], None),
+     ValueError, "every channel must share N"),
+    (lambda ch, idx: ([ch[0], ch[1]._replace(q=ch[1].q.double(), k=ch[1].k.double(), v=ch[1].v.double())], None),
+     ValueError, "every channel must share N, the dtype"),
+    (lambda ch, idx: ([ch[0]._replace(k_scale="2")], idx), TypeError, "k_scale must be a float"),
+    (lambda ch, idx: (ch, torch.tensor([0, 9, 1, 2])), ValueError, r"state_indices must lie in \[0, 6\)"),
+    (lambda ch, idx: (ch, torch.tensor([0, 1, 1, 2])), ValueError, "distinct state rows"),
+    (lambda ch, idx: (ch, torch.tensor([0, 1, 2])), ValueError, "state_indices must have N=4"),
+    (lambda ch, idx: (ch, torch.tensor([0., 1., 2., 3.])), TypeError, "state_indices must have dtype"),
+])
+def test_bad_inputs(mutate, exc, match):
+    channels = [make_channel(*shape, mode, 4, rows=6) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    channels, idx = mutate(channels, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(exc, match=match):
+        fused_block_step(channels, idx, backend="reference")
+
+
+def test_validate_false_skips_the_checks():
+    """For callers that guarantee their inputs: no checks at all (here a repeated row, which races)."""
+    channels = [make_channel(*SHAPES["retention"], "gamma", 2, rows=3)]
+    fused_block_step(channels, torch.tensor([1, 1]), backend="reference", validate=False)
+
+
+def test_torch_compile_traces_one_node():
+    """The custom operator traces without a graph break and mutates the states like the eager launcher."""
+    from fuxi_linear.ops.triton_fused_block_step import fused_block_step_triton
+
+    N = 3
+    channels = [make_channel(*shape, mode, N, rows=4) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    idx = torch.tensor([3, 0, 2], device=DEVICE)
+    eager = [c._replace(state=c.state.clone()) for c in channels]
+
+    def step(channels, idx):
+        return fused_block_step_triton(channels, idx) * 2
+
+    out_eager = step(eager, idx)
+    out_compiled = torch.compile(step, backend="aot_eager", fullgraph=True)(channels, idx)
+    assert rel(out_compiled, out_eager) <= 1e-6
+    for a, b in zip(channels, eager):
+        assert rel(a.state, b.state) <= 1e-6
+    schema = str(torch.ops.fuxi_linear.fused_block_step.default._schema)
+    assert "Tensor(a3!)[] states" in schema
