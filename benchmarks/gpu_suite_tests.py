@@ -26,7 +26,7 @@ from gpu_suite_paths import PYTEST_BOOTSTRAP, REPO_ROOT
 from gpu_suite_pytest_plugin import COLLECTED_PREFIX, FIRST_PER_FILE_ENV
 
 TEST_FILES = ("tests/test_kernels.py", "tests/test_kernel_split.py", "tests/test_kernel_numerics.py",
-              "tests/test_model_triton.py")
+              "tests/test_fused_block_step.py", "tests/test_model_triton.py", "tests/test_serving.py")
 #: time limit of the pytest run when the section's budget allows more (seconds)
 MAX_SECONDS = 300.0
 QUICK_MAX_SECONDS = 180.0
