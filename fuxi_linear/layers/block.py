@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.prefill import last_tokens
 from .ffn import MultiStageFFN
 from .norms import layer_norm
 from .positional import LinearPositionalChannel
@@ -66,19 +67,33 @@ class FuXiLinearBlock(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ) -> Tuple[torch.Tensor, Optional[ChannelStates]]:
         """``x: (B, T, D)`` (or packed ``(1, total, D)`` with ``cu_seqlens`` and ``positions: (1, total)``).
 
-        ``temporal=None`` switches the temporal channel off. Returns the block output ``(B, T, D)`` and, if
-        asked, the channel states after each sequence.
+        ``temporal=None`` switches the temporal channel off. ``lengths (B,)``: right-padded rows whose final
+        states are taken at ``lengths - 1`` (None: all rows full). ``outputs="last"``: only each sequence's
+        last token goes through the gate and the FFN (what a prefill needs from its last block): the output is
+        ``(B, D)``. Returns the block output and, if asked, the channel states after each sequence.
         """
-        x_hat, u, q, k, v = self._project(x)
-        kw = dict(cu_seqlens=cu_seqlens, output_final_state=output_final_state, backend=backend)
+        if outputs == "last":  # u, the gate and the FFN are only needed at the last tokens
+            x_hat = layer_norm(x)
+            D, Hq = self.dim, self.num_heads * self.qk_dim
+            w = self.uvqk.to(x_hat.dtype)
+            x = last_tokens(x, lengths, cu_seqlens)
+            u = F.silu(last_tokens(x_hat, lengths, cu_seqlens) @ w[:, :3 * D])
+            q, k, v = (t.unflatten(-1, (self.num_heads, -1))
+                       for t in torch.split(F.silu(x_hat @ w[:, 3 * D:]), [Hq, Hq, D], dim=-1))
+        else:
+            x_hat, u, q, k, v = self._project(x)
+        kw = dict(cu_seqlens=cu_seqlens, output_final_state=output_final_state, backend=backend, lengths=lengths,
+                  outputs=outputs)
         y_s, s_s = self.retention(q, k, v, **kw)
         if temporal is not None:
             y_t, s_t = self.temporal(x_hat, temporal, **kw)
         else:  # temporal channel switched off (ablation): it feeds zeros to the gate and keeps a zero state
-            y_t = torch.zeros_like(x_hat)
+            y_t = x.new_zeros(x.shape)
             s_t = self.temporal.zero_state(s_s.shape[0], x) if output_final_state else None
         y_p, s_p = self.positional(x_hat, positions, **kw)
         return self._mix(x, u, y_s, y_t, y_p), ((s_s, s_t, s_p) if output_final_state else None)

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..ops import chunk_decay_attention, decay_attention_step
+from ..ops import decay_attention_step
+from ..ops.prefill import last_tokens, prefill_decay_attention
 
 
 def sinusoidal_table(num_positions: int, width: int) -> torch.Tensor:
@@ -53,18 +54,23 @@ class LinearPositionalChannel(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ):
         """``x_hat: (B, T, D)``. ``positions: (1, T)`` int64 for packed input; None means 0..T-1 for every row.
 
-        Returns ``(y: (B, T, D), state: (N, 1, P, D) | None)``.
+        Returns ``(y: (B, T, D), state: (N, 1, P, D) | None)``; ``outputs="last"``: ``y (B, D)`` at each
+        sequence's last token (``lengths``: right-padded rows, as in the retention channel).
         """
         T = x_hat.shape[1]
         if positions is None:
             positions = torch.arange(T, device=x_hat.device)[None, :]
         v = self.proj_p(x_hat).unsqueeze(-2)
         q, k = self._qk(positions, v.dtype)  # (1, T, 1, P): shared by the batch, never expanded
-        o, state = chunk_decay_attention(q, k, v, output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                         backend=backend)
+        o, state = prefill_decay_attention(q, k, v, lengths=lengths, cu_seqlens=cu_seqlens,
+                                           output_final_state=output_final_state, outputs=outputs, backend=backend)
+        if outputs == "last":
+            v = last_tokens(v, lengths, cu_seqlens)
         return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2), state
 
     def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto"):

@@ -6,7 +6,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops import chunk_decay_attention, decay_attention_step
+from ..ops import decay_attention_step
+from ..ops.prefill import prefill_decay_attention
 
 
 class RetentionChannel(nn.Module):
@@ -36,13 +37,18 @@ class RetentionChannel(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``."""
+        """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``.
+
+        ``lengths (B,)``: right-padded rows (final states at ``lengths - 1``); ``outputs="last"``: ``o (B, H, dv)``
+        at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`).
+        """
         r = self.rates()
         q = q * torch.exp(-r).to(q.dtype)[:, None]
-        return chunk_decay_attention(
-            q, k, v, g_gamma=-r, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend
-        )
+        return prefill_decay_attention(q, k, v, g_gamma=-r, lengths=lengths, cu_seqlens=cu_seqlens,
+                                       output_final_state=output_final_state, outputs=outputs, backend=backend)
 
     def step(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto"

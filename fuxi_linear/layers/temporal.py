@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import chunk_decay_attention, decay_attention_step
+from ..ops import decay_attention_step
+from ..ops.prefill import compute_dtype, last_tokens, prefill_decay_attention
+from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
 
 
 @dataclass
@@ -26,11 +28,14 @@ class TemporalFeatures:
     """Shared temporal operands: ``q, k: (..., 2Ht, 2)`` and log-decay ``g: (..., 2Ht)``, float32.
 
     ``q`` already carries the inclusive decay to the next event (``exp(-lambda_i)``), ``g_i = -lambda_{i-1}``.
+    ``plan``: the decay part prepared once for the CPU path (:meth:`TemporalEncoding.prepare`), shared by the
+    blocks of one forward.
     """
 
     q: torch.Tensor
     k: torch.Tensor
     g: torch.Tensor
+    plan: Optional[DecayAttentionPlan] = None
 
 
 def temporal_periods(base: int, start: int, stride: int, num_periods: int) -> torch.Tensor:
@@ -106,6 +111,22 @@ class TemporalEncoding(nn.Module):
         return self.features(t, t_next, gap_prev)
 
 
+    def prepare(self, feats: TemporalFeatures, dtype: torch.dtype, lengths: Optional[torch.Tensor] = None,
+                all_outputs: bool = True, last_outputs: bool = False, final_state: bool = False) -> TemporalFeatures:
+        """``feats`` with their CPU-path plan (:attr:`TemporalFeatures.plan`) for values of ``dtype``.
+
+        Heads m and Ht + m have the same key and decay (only their queries differ), so the plan is the decayed
+        sum ``Z_t = sum_{s<=t} exp(G_t - G_s) U_s`` over the Ht periods, applied to ``U_s = k_s (x) [v_m, v_Ht+m]``
+        (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. ``lengths`` and the
+        flags as in :func:`fuxi_linear.ops.reference.prepare_decay_attention`.
+        """
+        Ht = self.num_periods
+        plan = prepare_decay_attention(None, None, g=feats.g[..., :Ht], lengths=lengths, all_outputs=all_outputs,
+                                       last_outputs=last_outputs, final_state=final_state, dtype=compute_dtype(dtype),
+                                       value_dim=4 * feats.k.shape[-1])
+        return TemporalFeatures(q=feats.q, k=feats.k, g=feats.g, plan=plan)
+
+
 class TemporalRetentionChannel(nn.Module):
     """Per-block part of the temporal channel: values ``v = W_v LN(x)`` split into 2Ht heads, and the
     augmented output ``y_h = alpha_h o_h + beta_h v_h``.
@@ -141,14 +162,42 @@ class TemporalRetentionChannel(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ):
-        """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``."""
+        """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``;
+        ``outputs="last"``: ``y (B, D)`` at each sequence's last token (``lengths``: right-padded rows)."""
         v = self._values(x_hat)
-        o, state = chunk_decay_attention(
-            feats.q.to(v.dtype), feats.k.to(v.dtype), v, g=feats.g,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend,
-        )
+        if feats.plan is not None:
+            o, state = self._paired_heads(v, feats, output_final_state, outputs, lengths)
+        else:
+            o, state = prefill_decay_attention(
+                feats.q.to(v.dtype), feats.k.to(v.dtype), v, g=feats.g, lengths=lengths, cu_seqlens=cu_seqlens,
+                output_final_state=output_final_state, outputs=outputs, backend=backend,
+            )
+        if outputs == "last":
+            v = last_tokens(v, lengths, cu_seqlens)
         return self._augment(o, v), state
+
+    def _paired_heads(self, v, feats: TemporalFeatures, output_final_state, outputs, lengths):
+        """The operator on the plan of :meth:`TemporalEncoding.prepare`: heads m and Ht + m share key and decay,
+        so ``o_{r Ht + m, t} = q_{r Ht + m, t} . Z_{m, t}[:, r]`` with ``Z_m = sum_s exp(G_t - G_s) k_s (x)
+        [v_m, v_{Ht + m}]_s``: ``v (B, T, 2Ht, w)`` -> ``(o, state (B, 2Ht, 2, w) | None)`` as the operator."""
+        Ht, w = self.num_heads // 2, v.shape[-1]
+        cdt = compute_dtype(v.dtype)
+        B, T = v.shape[:2]
+        pairs = v.to(cdt).unflatten(2, (2, Ht)).transpose(2, 3).reshape(B, T, Ht, 1, 2 * w)  # [v_m, v_Ht+m]
+        k = feats.k[:, :, :Ht].to(cdt)  # (B, T, Ht, 2): the key of both heads of a pair
+        U = (k[..., None] * pairs).flatten(-2)  # (B, T, Ht, 2 x 2 x w)
+        Z, S = feats.plan.apply(U, output_final_state=output_final_state, outputs=outputs)
+        q = feats.q if outputs == "all" else last_tokens(feats.q, lengths)
+        q = q.to(cdt).unflatten(-2, (2, Ht)).movedim(-3, -1)  # (..., Ht, 2 (key dim), 2 heads)
+        Z = Z.unflatten(-1, (2, 2, w))  # (..., Ht, 2 (key dim), 2 heads, w)
+        o = q[..., 0, :, None] * Z[..., 0, :, :] + q[..., 1, :, None] * Z[..., 1, :, :]  # (..., Ht, 2 heads, w)
+        o = o.transpose(-3, -2).flatten(-3, -2).to(v.dtype)  # (..., 2Ht, w)
+        if S is not None:  # (B, Ht, 1, 2 x 2 x w) -> per head (B, 2Ht, 2, w)
+            S = S.squeeze(2).unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2)
+        return o, S
 
     def step(self, x_hat: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor, backend: str = "auto"):
         """``x_hat: (N, D)``, features ``(N, 2Ht, ...)``; advances ``state`` in place; returns ``y: (N, D)``."""

@@ -1,0 +1,109 @@
+"""The prefill entry point of the FuXi channels: one call that runs the operator on whole histories, on the
+CPU path (a :class:`~fuxi_linear.ops.reference.DecayAttentionPlan`) or through :func:`chunk_decay_attention`
+(the Triton kernels, packed input), and returns the outputs at every token or at each sequence's last token.
+
+The layers call it with tensors they built themselves from validated model inputs, so it does not validate
+them again (the public operator, :func:`chunk_decay_attention`, does).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .decay_attention import chunk_decay_attention, resolve_backend
+from .reference import DecayAttentionPlan, prepare_decay_attention
+
+OUTPUTS = ("all", "last")
+
+
+def last_tokens(x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each sequence's last token: right-padded ``x (B, T, ...)`` -> ``(B, ...)`` at ``lengths - 1`` (T - 1 when
+    ``lengths`` is None), or packed ``x (1, total, ...)`` -> ``(N, ...)`` at ``cu_seqlens[1:] - 1``."""
+    if cu_seqlens is not None:
+        return x[0, cu_seqlens[1:].long() - 1]
+    if lengths is None:
+        return x[:, -1]
+    return x[torch.arange(x.shape[0], device=x.device), lengths.long() - 1]
+
+
+def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Tensor] = None) -> bool:
+    """Whether a prefill on ``device`` with this ``backend`` runs the CPU path (padded input only)."""
+    return cu_seqlens is None and resolve_backend(backend, device) == "reference"
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The CPU path computes in float64 for float64 input and in float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def prepare_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    *,
+    dtype: torch.dtype,
+    value_dim: int,
+    lengths: Optional[torch.Tensor] = None,
+    all_outputs: bool = True,
+    last_outputs: bool = False,
+    final_state: bool = False,
+) -> DecayAttentionPlan:
+    """A plan for q/k/decay that several value tensors will share (the temporal channel of every block).
+
+    ``q, k: (Bq, T, H, K)``; ``g: (B, T, H)`` or ``g_gamma: (H,)``; ``dtype``: the values' dtype. The flags say
+    which outputs the later :func:`prefill_decay_attention` calls will ask for.
+    """
+    cdt = compute_dtype(dtype)
+    return prepare_decay_attention(q.to(cdt), k.to(cdt), g=g, g_gamma=g_gamma, lengths=lengths,
+                                   all_outputs=all_outputs, last_outputs=last_outputs, final_state=final_state,
+                                   value_dim=value_dim)
+
+
+def prefill_decay_attention(
+    q: Optional[torch.Tensor],
+    k: Optional[torch.Tensor],
+    v: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    *,
+    lengths: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    outputs: str = "all",
+    backend: str = "auto",
+    plan: Optional[DecayAttentionPlan] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t`` over whole sequences (scale 1, no initial state).
+
+    Args:
+        q, k: ``(Bq, T, H, K)`` (Bq = 1: shared by the batch); may be None when ``plan`` is given.
+        v: ``(B, T, H, V)``, or packed ``(1, total, H, V)`` with ``cu_seqlens``.
+        g: ``(B, T, H)`` or g_gamma: ``(H,)`` log-decays, or neither.
+        lengths: ``(B,)`` lengths of right-padded rows, where final states and last outputs are taken (None:
+            every row has T tokens).
+        outputs: ``"all"`` -> ``o (B, T, H, V)``; ``"last"`` -> ``o (B, H, V)`` at each sequence's last token.
+        plan: a :func:`prepare_prefill` plan of these q, k, g (CPU path), reused instead of q/k/g.
+    Returns:
+        ``(o in v's dtype, final state (N, H, K, V) float32 — float64 for float64 input — or None)``.
+    """
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
+    if plan is not None or uses_plan(backend, v.device, cu_seqlens):
+        cdt = compute_dtype(v.dtype)
+        if plan is None:
+            plan = prepare_decay_attention(q.to(cdt), k.to(cdt), g=g, g_gamma=g_gamma, lengths=lengths,
+                                           all_outputs=outputs == "all", last_outputs=outputs == "last",
+                                           final_state=output_final_state, value_dim=v.shape[-1])
+        o, state = plan.apply(v.to(cdt), output_final_state=output_final_state, outputs=outputs)
+        return o.to(v.dtype), state
+    o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
+                                     cu_seqlens=cu_seqlens, backend=backend)
+    if outputs == "last":
+        o = last_tokens(o, lengths, cu_seqlens)
+    return o, state
+
+
+__all__ = ["last_tokens", "uses_plan", "compute_dtype", "prepare_prefill", "prefill_decay_attention"]
