@@ -56,7 +56,8 @@ class FuXiLinearBlock(nn.Module):
         return x_hat, u, q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
 
     def _mix(self, x, u, y_s, y_t, y_p) -> torch.Tensor:
-        a = u * torch.cat([layer_norm(y_s.flatten(-2)), layer_norm(y_t), layer_norm(y_p)], dim=-1)
+        # one LayerNorm over the stacked channels normalises each channel's D values on its own
+        a = u * layer_norm(torch.stack([y_s.flatten(-2), y_t, y_p], dim=-2)).flatten(-2)
         return self.ffn(a, x)
 
     def forward(

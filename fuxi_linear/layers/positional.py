@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import decay_attention_step
-from ..ops.prefill import last_tokens, prefill_decay_attention
+from ..ops.prefill import compute_dtype, last_tokens, prefill_decay_attention, uses_plan
 
 
 def sinusoidal_table(num_positions: int, width: int) -> torch.Tensor:
@@ -63,15 +63,43 @@ class LinearPositionalChannel(nn.Module):
         sequence's last token (``lengths``: right-padded rows, as in the retention channel).
         """
         T = x_hat.shape[1]
-        if positions is None:
-            positions = torch.arange(T, device=x_hat.device)[None, :]
+        if outputs == "last" and positions is None and uses_plan(backend, x_hat.device, cu_seqlens):
+            return self._last_from_inputs(x_hat, lengths, output_final_state)
         v = self.proj_p(x_hat).unsqueeze(-2)
-        q, k = self._qk(positions, v.dtype)  # (1, T, 1, P): shared by the batch, never expanded
+        if positions is None:  # rows from position 0: the table's first T rows
+            q = self.table[:T].unsqueeze(0).unsqueeze(-2)
+            q = q if q.dtype == v.dtype else q.to(v.dtype)
+            q, k = q, q / (self.width // 2)
+        else:
+            q, k = self._qk(positions, v.dtype)  # (1, T, 1, P): shared by the batch, never expanded
         o, state = prefill_decay_attention(q, k, v, lengths=lengths, cu_seqlens=cu_seqlens,
                                            output_final_state=output_final_state, outputs=outputs, backend=backend)
         if outputs == "last":
             v = last_tokens(v, lengths, cu_seqlens)
-        return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2), state
+        return self._augment(o, v).squeeze(-2), state
+
+    def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``alpha o + beta v``."""
+        if o.dtype == v.dtype == self.alpha.dtype:
+            return torch.addcmul(self.beta * v, self.alpha, o)
+        return self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v
+
+    def _last_from_inputs(self, x_hat: torch.Tensor, lengths: Optional[torch.Tensor], output_final_state: bool):
+        """``outputs="last"`` on the CPU path: the value projection is linear, so the state
+        ``sum_s k_s (x) W_p x_hat_s = (sum_s k_s (x) x_hat_s) W_p^T`` is built from the inputs and projected once,
+        instead of projecting every event. ``x_hat (B, T, D)`` -> ``(y (B, D), state (B, 1, P, D) | None)``."""
+        B, T, _ = x_hat.shape
+        cdt = compute_dtype(x_hat.dtype)
+        e = self.table[:T].to(cdt)  # (T, P): positions 0..T-1 of every row
+        k_t = (e / (self.width // 2)).t()  # (P, T)
+        x = x_hat.to(cdt)
+        if lengths is not None:  # events past a user's length do not enter the state
+            x = x * (torch.arange(T, device=x.device) < lengths[:, None]).to(cdt)[..., None]
+        S = (k_t @ x) @ self.proj_p.weight.to(cdt).t()  # (B, P, D)
+        e_last = e[-1] if lengths is None else e[lengths.long() - 1]  # (P,) or (B, P)
+        o = (e_last.unsqueeze(-2) @ S).squeeze(-2).to(x_hat.dtype)  # (B, D)
+        v_last = self.proj_p(last_tokens(x_hat, lengths))
+        return self._augment(o, v_last), (S.unsqueeze(1) if output_final_state else None)
 
     def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto"):
         """``x_hat: (N, D)``, ``positions: (N,)`` int64; advances ``state`` in place; returns ``y: (N, D)``."""

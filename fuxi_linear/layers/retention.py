@@ -45,9 +45,10 @@ class RetentionChannel(nn.Module):
         ``lengths (B,)``: right-padded rows (final states at ``lengths - 1``); ``outputs="last"``: ``o (B, H, dv)``
         at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`).
         """
-        r = self.rates()
-        q = q * torch.exp(-r).to(q.dtype)[:, None]
-        return prefill_decay_attention(q, k, v, g_gamma=-r, lengths=lengths, cu_seqlens=cu_seqlens,
+        log_decay = -self.rates()
+        d = torch.exp(log_decay)
+        q = q * (d if d.dtype == q.dtype else d.to(q.dtype)).unsqueeze(-1)
+        return prefill_decay_attention(q, k, v, g_gamma=log_decay, lengths=lengths, cu_seqlens=cu_seqlens,
                                        output_final_state=output_final_state, outputs=outputs, backend=backend)
 
     def step(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -104,16 +104,22 @@ class TemporalEncoding(nn.Module):
         length are replaced by the request time, so they have zero gaps and stay finite.
         """
         B, T = timestamps.shape
-        valid = torch.arange(T, device=timestamps.device)[None, :] < lengths[:, None]
+        valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
         t = torch.where(valid, timestamps, query_timestamps[:, None])
         t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
         gap_prev = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
-        return self.features(t, t_next, gap_prev)
-
+        # :meth:`features` on the keys and queries stacked: the same arithmetic in half the calls
+        theta = self.phases(torch.stack([t, t_next]))  # (2, B, T, Ht)
+        cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
+        log_decay = self.log_decay(torch.stack([gap_prev, t_next - t]))  # (2, B, T, 2Ht)
+        cos_sin = torch.stack([cos, sin], -1)  # (2, B, T, Ht, 2): [0] keys, [1] queries
+        k = torch.cat([cos_sin[0], cos_sin[0]], dim=-2)
+        q = torch.cat([torch.stack([sin[1], -cos[1]], -1), cos_sin[1]], dim=-2) * torch.exp(log_decay[1]).unsqueeze(-1)
+        return TemporalFeatures(q=q, k=k, g=log_decay[0])
 
     def prepare(self, feats: TemporalFeatures, dtype: torch.dtype, lengths: Optional[torch.Tensor] = None,
                 all_outputs: bool = True, last_outputs: bool = False, final_state: bool = False) -> TemporalFeatures:
-        """``feats`` with their CPU-path plan (:attr:`TemporalFeatures.plan`) for values of ``dtype``.
+        """``feats`` with their CPU-path plan (:class:`PairedHeadsPlan`) for values of ``dtype``.
 
         Heads m and Ht + m have the same key and decay (only their queries differ), so the plan is the decayed
         sum ``Z_t = sum_{s<=t} exp(G_t - G_s) U_s`` over the Ht periods, applied to ``U_s = k_s (x) [v_m, v_Ht+m]``
@@ -121,10 +127,49 @@ class TemporalEncoding(nn.Module):
         flags as in :func:`fuxi_linear.ops.reference.prepare_decay_attention`.
         """
         Ht = self.num_periods
-        plan = prepare_decay_attention(None, None, g=feats.g[..., :Ht], lengths=lengths, all_outputs=all_outputs,
-                                       last_outputs=last_outputs, final_state=final_state, dtype=compute_dtype(dtype),
-                                       value_dim=4 * feats.k.shape[-1])
+        cdt = compute_dtype(dtype)
+        decay = prepare_decay_attention(None, None, g=feats.g[..., :Ht], lengths=lengths, all_outputs=all_outputs,
+                                        last_outputs=last_outputs, final_state=final_state, dtype=cdt,
+                                        value_dim=4 * feats.k.shape[-1])
+
+        def pair_queries(q):  # (..., 2Ht, 2) -> per key dim (..., Ht, 2 heads, 1)
+            q = q.to(cdt).unflatten(-2, (2, Ht)).movedim(-3, -1).unsqueeze(-1)  # (..., Ht, 2 (key dim), 2 heads, 1)
+            return q.select(-3, 0), q.select(-3, 1)
+
+        key = feats.k[:, :, :Ht].to(cdt)  # (B, T, Ht, 2)
+        plan = PairedHeadsPlan(
+            decay=decay, key=key.unsqueeze(-1),
+            final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
+            query=pair_queries(feats.q) if all_outputs else None,
+            last_query=pair_queries(last_tokens(feats.q, lengths)) if last_outputs else None,
+        )
         return TemporalFeatures(q=feats.q, k=feats.k, g=feats.g, plan=plan)
+
+
+@dataclass
+class PairedHeadsPlan:
+    """The temporal channel's operands for the CPU path, prepared once per forward (:meth:`TemporalEncoding.prepare`).
+
+    ``decay``: the decayed sum over the Ht periods (q = k = 1); ``key (B, T, Ht, 2, 1)``: the key shared by heads
+    m and Ht + m; ``final_key (B, Ht x 2, T)``: the key times its decay to each user's last event (the final
+    state from the block's inputs, for ``outputs="last"``); ``query`` / ``last_query``: each pair's two queries,
+    as one tensor per key dimension ``(B, T, Ht, 2 heads, 1)`` / ``(B, Ht, 2 heads, 1)``, at every event / at
+    each user's last event.
+    """
+
+    decay: DecayAttentionPlan
+    key: torch.Tensor
+    final_key: Optional[torch.Tensor]
+    query: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    last_query: Optional[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _pair_outputs(query: Tuple[torch.Tensor, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
+    """Each head's output from its pair's state-valued sum ``Z (..., Ht, 2 (key dim), 2 heads, w)`` and the
+    pair queries of :class:`PairedHeadsPlan` -> ``(..., 2Ht, w)`` (head r Ht + m at index r Ht + m)."""
+    q0, q1 = query
+    o = torch.addcmul(q0 * Z.select(-3, 0), q1, Z.select(-3, 1))  # (..., Ht, 2 heads, w)
+    return o.transpose(-3, -2).flatten(-3, -2)
 
 
 class TemporalRetentionChannel(nn.Module):
@@ -152,8 +197,10 @@ class TemporalRetentionChannel(nn.Module):
         return self.proj_v(x_hat).unflatten(-1, (self.num_heads, -1))
 
     def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        y = self.alpha[:, None].to(o.dtype) * o + self.beta[:, None].to(v.dtype) * v
-        return y.flatten(-2)
+        alpha, beta = self.alpha.unsqueeze(-1), self.beta.unsqueeze(-1)
+        if o.dtype == v.dtype == alpha.dtype:
+            return torch.addcmul(beta * v, alpha, o).flatten(-2)
+        return (alpha.to(o.dtype) * o + beta.to(v.dtype) * v).flatten(-2)
 
     def forward(
         self,
@@ -167,6 +214,8 @@ class TemporalRetentionChannel(nn.Module):
     ):
         """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``;
         ``outputs="last"``: ``y (B, D)`` at each sequence's last token (``lengths``: right-padded rows)."""
+        if feats.plan is not None and outputs == "last":
+            return self._last_from_inputs(x_hat, feats.plan, lengths, output_final_state)
         v = self._values(x_hat)
         if feats.plan is not None:
             o, state = self._paired_heads(v, feats, output_final_state, outputs, lengths)
@@ -184,20 +233,30 @@ class TemporalRetentionChannel(nn.Module):
         so ``o_{r Ht + m, t} = q_{r Ht + m, t} . Z_{m, t}[:, r]`` with ``Z_m = sum_s exp(G_t - G_s) k_s (x)
         [v_m, v_{Ht + m}]_s``: ``v (B, T, 2Ht, w)`` -> ``(o, state (B, 2Ht, 2, w) | None)`` as the operator."""
         Ht, w = self.num_heads // 2, v.shape[-1]
-        cdt = compute_dtype(v.dtype)
         B, T = v.shape[:2]
-        pairs = v.to(cdt).unflatten(2, (2, Ht)).transpose(2, 3).reshape(B, T, Ht, 1, 2 * w)  # [v_m, v_Ht+m]
-        k = feats.k[:, :, :Ht].to(cdt)  # (B, T, Ht, 2): the key of both heads of a pair
-        U = (k[..., None] * pairs).flatten(-2)  # (B, T, Ht, 2 x 2 x w)
-        Z, S = feats.plan.apply(U, output_final_state=output_final_state, outputs=outputs)
-        q = feats.q if outputs == "all" else last_tokens(feats.q, lengths)
-        q = q.to(cdt).unflatten(-2, (2, Ht)).movedim(-3, -1)  # (..., Ht, 2 (key dim), 2 heads)
-        Z = Z.unflatten(-1, (2, 2, w))  # (..., Ht, 2 (key dim), 2 heads, w)
-        o = q[..., 0, :, None] * Z[..., 0, :, :] + q[..., 1, :, None] * Z[..., 1, :, :]  # (..., Ht, 2 heads, w)
-        o = o.transpose(-3, -2).flatten(-3, -2).to(v.dtype)  # (..., 2Ht, w)
+        plan = feats.plan
+        pairs = v.unflatten(2, (2, Ht)).transpose(2, 3).reshape(B, T, Ht, 1, 2 * w)  # [v_m, v_Ht+m]
+        U = (plan.key * pairs).flatten(-2)  # (B, T, Ht, 2 x 2 x w), compute dtype
+        Z, S = plan.decay.apply(U, output_final_state=output_final_state, outputs=outputs)
+        o = _pair_outputs(plan.query if outputs == "all" else plan.last_query, Z.unflatten(-1, (2, 2, w)))
         if S is not None:  # (B, Ht, 1, 2 x 2 x w) -> per head (B, 2Ht, 2, w)
             S = S.squeeze(2).unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2)
-        return o, S
+        return (o if o.dtype == v.dtype else o.to(v.dtype)), S
+
+    def _last_from_inputs(self, x_hat, plan: PairedHeadsPlan, lengths, output_final_state):
+        """``outputs="last"`` on the CPU path: as the value projection is linear, each pair's final state
+        ``sum_s w_s k_s (x) [v_m, v_Ht+m]_s`` is ``(sum_s w_s k_s (x) x_hat_s)`` times the pair's rows of W_v,
+        built from the inputs in one product instead of projecting every event."""
+        Ht, D = self.num_heads // 2, x_hat.shape[-1]
+        w = D // self.num_heads
+        cdt = plan.key.dtype
+        Zx = (plan.final_key @ x_hat.to(cdt)).unflatten(1, (Ht, 2))  # (B, Ht, 2, D)
+        W = self.proj_v.weight.to(cdt).view(2, Ht, w, D).permute(1, 3, 0, 2).reshape(Ht, D, 2 * w)
+        Z = (Zx @ W).unflatten(-1, (2, w))  # (B, Ht, 2 (key dim), 2 heads, w): state = output at the last event
+        o = _pair_outputs(plan.last_query, Z)
+        v_last = self._values(last_tokens(x_hat, lengths))  # (B, 2Ht, w)
+        y = self._augment(o.to(v_last.dtype), v_last)
+        return y, (Z.permute(0, 3, 1, 2, 4).flatten(1, 2) if output_final_state else None)
 
     def step(self, x_hat: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor, backend: str = "auto"):
         """``x_hat: (N, D)``, features ``(N, 2Ht, ...)``; advances ``state`` in place; returns ``y: (N, D)``."""

@@ -33,6 +33,11 @@ def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Ten
     return cu_seqlens is None and resolve_backend(backend, device) == "reference"
 
 
+def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` (no call at all when it already is: these paths are overhead-bound on a CPU)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The CPU path computes in float64 for float64 input and in float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -94,11 +99,11 @@ def prefill_decay_attention(
     if plan is not None or uses_plan(backend, v.device, cu_seqlens):
         cdt = compute_dtype(v.dtype)
         if plan is None:
-            plan = prepare_decay_attention(q.to(cdt), k.to(cdt), g=g, g_gamma=g_gamma, lengths=lengths,
+            plan = prepare_decay_attention(cast(q, cdt), cast(k, cdt), g=g, g_gamma=g_gamma, lengths=lengths,
                                            all_outputs=outputs == "all", last_outputs=outputs == "last",
                                            final_state=output_final_state, value_dim=v.shape[-1])
-        o, state = plan.apply(v.to(cdt), output_final_state=output_final_state, outputs=outputs)
-        return o.to(v.dtype), state
+        o, state = plan.apply(cast(v, cdt), output_final_state=output_final_state, outputs=outputs)
+        return cast(o, v.dtype), state
     o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
                                      cu_seqlens=cu_seqlens, backend=backend)
     if outputs == "last":
@@ -106,4 +111,4 @@ def prefill_decay_attention(
     return o, state
 
 
-__all__ = ["last_tokens", "uses_plan", "compute_dtype", "prepare_prefill", "prefill_decay_attention"]
+__all__ = ["cast", "last_tokens", "uses_plan", "compute_dtype", "prepare_prefill", "prefill_decay_attention"]

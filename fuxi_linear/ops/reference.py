@@ -190,9 +190,27 @@ def _offsets(n: int, device: torch.device, dtype: torch.dtype):
     return above, idx[:, None] - idx[None, :], idx + 1, (~above).to(dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _steps_to_end(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Cached ``n - 1 - s`` for s = 0..n-1 (``dtype``, read-only)."""
+    return torch.arange(n - 1, -1, -1, device=device, dtype=dtype)
+
+
+#: Log-decays below this are clamped before exp: exp(-80) ~ 2e-35 is already nothing next to float32 rounding,
+#: and a CPU's vectorised exp leaves its fast path for arguments below about -88 (float32 underflow) or -inf,
+#: running ~10x slower there; the temporal channel's clamped decays (-20 per step) reach that range within a chunk.
+MIN_LOG_DECAY = -80.0
+
+
+def _decay_exp(log_decay: torch.Tensor) -> torch.Tensor:
+    """``exp`` of log-decays (<= 0), clamped at :data:`MIN_LOG_DECAY`."""
+    return torch.exp(log_decay.clamp(min=MIN_LOG_DECAY))
+
+
 def _masked_exp(diff: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
-    """``exp(diff)`` with the entries of ``above`` set to 0 before exp sees them (no overflow, no NaN grad)."""
-    return torch.exp(diff.masked_fill(above, -float("inf")))
+    """``exp(diff)`` where ``diff <= 0`` is a log-decay, 0 where ``above`` (the entries past the causal edge, whose
+    ``diff`` may be positive: clamped to 0 first, so nothing overflows and no NaN reaches a gradient)."""
+    return torch.exp(diff.clamp(MIN_LOG_DECAY, 0.0)).masked_fill(above, 0.0)
 
 
 class _TokenDecay:
@@ -227,16 +245,16 @@ class _TokenDecay:
             before = torch.zeros_like(G[..., :1]) if before is None else before
             out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], self.cdt),
                                      _offsets(nc, b.device, self.cdt)[0])
-            out["carry"] = torch.exp(_as(ends - before, self.cdt))
-            out["into"] = torch.exp(b)
-            out["out_of"] = torch.exp(b[..., -1:] - b)
+            out["carry"] = _decay_exp(_as(ends - before, self.cdt))
+            out["into"] = _decay_exp(b)
+            out["out_of"] = _decay_exp(b[..., -1:] - b)
         return out
 
     def to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
         """``exp(G_{L-1} - G_s) [s < L]`` ``(Bf, H, T)`` for the last tokens ``last (B,)`` (None: T - 1)."""
         G = self.G
         if last is None:
-            return torch.exp(_as(G[..., -1:] - G, self.cdt))
+            return _decay_exp(_as(G[..., -1:] - G, self.cdt))
         G_last = G.expand(last.numel(), -1, -1).gather(-1, last.view(-1, 1, 1).expand(-1, G.shape[1], 1))
         return _masked_exp(_as(G_last - G, self.cdt), torch.arange(G.shape[-1], device=G.device) > last.view(-1, 1, 1))
 
@@ -261,16 +279,16 @@ class _HeadDecay:
         out = {"intra": _masked_exp(gam[..., None] * dist, above)[None, :, None]}  # (1, H, 1, C, C)
         if with_states:
             above_c, dist_c, steps_c, _ = _offsets(nc, gam.device, self.cdt)
-            out["into"] = torch.exp(gam * steps)[None, :, None]  # (1, H, 1, C)
-            out["out_of"] = torch.exp(gam * (C - steps))[None, :, None]
+            out["into"] = _decay_exp(gam * steps)[None, :, None]  # (1, H, 1, C)
+            out["out_of"] = _decay_exp(gam * (C - steps))[None, :, None]
             out["mix"] = _masked_exp((C * gam[..., None]) * dist_c, above_c)[None]  # (1, H, nc, nc)
-            out["carry"] = torch.exp((C * gam) * steps_c)[None]  # (1, H, nc)
+            out["carry"] = _decay_exp((C * gam) * steps_c)[None]  # (1, H, nc)
         return out
 
     def to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
+        if last is None:  # (1, H, T)
+            return _decay_exp(self.gamma.unsqueeze(-1) * _steps_to_end(self.T, self.gamma.device, self.cdt)).unsqueeze(0)
         pos = torch.arange(self.T, device=self.gamma.device, dtype=self.cdt)
-        if last is None:
-            return torch.exp(self.gamma[:, None] * (self.T - 1 - pos))[None]  # (1, H, T)
         back = _as(last, self.cdt)[:, None] - pos  # (B, T): L - 1 - s
         return _masked_exp(self.gamma[:, None] * back[:, None], (back < 0)[:, None])  # (B, H, T)
 
@@ -338,7 +356,7 @@ class DecayAttentionPlan:
         if h0 is not None:
             if self._decay is None:
                 return S + h0
-            decay = torch.exp(self._decay.log_decay_to_last(self._last)).to(S.dtype)
+            decay = _decay_exp(self._decay.log_decay_to_last(self._last)).to(S.dtype)
             S = S + decay[..., None, None] * h0
         return S
 
@@ -368,7 +386,8 @@ class DecayAttentionPlan:
                 o = seg.scores @ vc  # (B, H, nc, C, V)
                 if seg.query_in is not None:
                     entering, carry = seg.states(vc, carry)
-                    o = o + seg.query_in @ entering
+                    # K = 1 (q = k = 1): an outer product, cheaper as a broadcast than as a matmul
+                    o = o + (seg.query_in * entering if seg.query_in.shape[-1] == 1 else seg.query_in @ entering)
                 pieces.append(o.flatten(2, 3))
             o = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
             o = (o[:, :, :T] if o.shape[2] != T else o).transpose(1, 2)
