@@ -64,12 +64,15 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         dev = item_ids.device
         x = self._embed(item_ids, torch.arange(T, device=dev)[None, :])
         ends = None if (not output_final_state and not last_only) or bool((lengths == T).all()) else lengths
-        feats = self.temporal(timestamps, lengths, query_timestamps) if self.config.use_temporal else None
         n = len(self.blocks)
-        if feats is not None and uses_plan(self.config.backend, dev):
-            # the temporal q, k and decay are the same in every block: prepare them once
-            feats = self.temporal.prepare(feats, x.dtype, lengths=ends, all_outputs=not last_only or n > 1,
-                                          last_outputs=last_only, final_state=output_final_state)
+        if not self.config.use_temporal:
+            feats = None
+        elif uses_plan(self.config.backend, dev):  # the temporal operands are the same in every block: once
+            feats = self.temporal.prepare(timestamps, lengths, query_timestamps, x.dtype, ends=ends,
+                                          all_outputs=not last_only or n > 1, last_outputs=last_only,
+                                          final_state=output_final_state)
+        else:
+            feats = self.temporal(timestamps, lengths, query_timestamps)
         states = []
         for i, block in enumerate(self.blocks):
             x, s = block(x, feats, lengths=ends, output_final_state=output_final_state,

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import decay_attention_step
-from ..ops.prefill import compute_dtype, last_tokens, prefill_decay_attention
+from ..ops.prefill import cast, compute_dtype, last_tokens, prefill_decay_attention
 from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
 
 
@@ -28,13 +28,13 @@ class TemporalFeatures:
     """Shared temporal operands: ``q, k: (..., 2Ht, 2)`` and log-decay ``g: (..., 2Ht)``, float32.
 
     ``q`` already carries the inclusive decay to the next event (``exp(-lambda_i)``), ``g_i = -lambda_{i-1}``.
-    ``plan``: the decay part prepared once for the CPU path (:meth:`TemporalEncoding.prepare`), shared by the
-    blocks of one forward.
+    ``plan``: the CPU path's operands (:meth:`TemporalEncoding.prepare`, shared by the blocks of one forward;
+    ``q``, ``k``, ``g`` are then None).
     """
 
-    q: torch.Tensor
-    k: torch.Tensor
-    g: torch.Tensor
+    q: Optional[torch.Tensor]
+    k: Optional[torch.Tensor]
+    g: Optional[torch.Tensor]
     plan: Optional[DecayAttentionPlan] = None
 
 
@@ -78,9 +78,13 @@ class TemporalEncoding(nn.Module):
 
     def log_decay(self, gap: torch.Tensor) -> torch.Tensor:
         """``-lambda = ln(gamma) * omega * max(gap, 0)``, clamped: int64 ``(...)`` -> float32 ``(..., 2Ht)``."""
-        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * self.omega).float()
-        g = (F.logsigmoid(self.decay_logits.float()) * scaled_gap).clamp(min=-self.max_log_decay)
+        g = self.period_log_decay(gap)
         return torch.cat([g, g], dim=-1)
+
+    def period_log_decay(self, gap: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_decay` once per period (heads m and Ht + m share it): ``(...)`` -> float32 ``(..., Ht)``."""
+        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * self.omega).float()
+        return (F.logsigmoid(self.decay_logits.float()) * scaled_gap).clamp(min=-self.max_log_decay)
 
     def features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor) -> TemporalFeatures:
         """Operands for events at ``t_key`` whose next event (or request) is at ``t_query``.
@@ -97,53 +101,60 @@ class TemporalEncoding(nn.Module):
         q = q * torch.exp(self.log_decay(t_query - t_key)).unsqueeze(-1)
         return TemporalFeatures(q=q, k=k, g=self.log_decay(gap_prev))
 
+    @staticmethod
+    def _event_times(timestamps, lengths, query_timestamps):
+        """Key times ``t``, query times ``t_next`` and gaps to the previous event, int64 ``(B, T)``; entries past a
+        user's length are replaced by the request time, so they have zero gaps and stay finite."""
+        T = timestamps.shape[1]
+        valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
+        t = torch.where(valid, timestamps, query_timestamps[:, None])
+        t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
+        gap_prev = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
+        return t, t_next, gap_prev
+
     def forward(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor) -> TemporalFeatures:
         """Padded histories: ``timestamps (B, T)`` int64, ``lengths (B,)``, ``query_timestamps (B,)`` int64.
 
         Event i's query time is ``t_{i+1}``, and the request time for the last event. Entries past a user's
         length are replaced by the request time, so they have zero gaps and stay finite.
         """
-        B, T = timestamps.shape
-        valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
-        t = torch.where(valid, timestamps, query_timestamps[:, None])
-        t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
-        gap_prev = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
-        # :meth:`features` on the keys and queries stacked: the same arithmetic in half the calls
-        theta = self.phases(torch.stack([t, t_next]))  # (2, B, T, Ht)
-        cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
-        log_decay = self.log_decay(torch.stack([gap_prev, t_next - t]))  # (2, B, T, 2Ht)
-        cos_sin = torch.stack([cos, sin], -1)  # (2, B, T, Ht, 2): [0] keys, [1] queries
-        k = torch.cat([cos_sin[0], cos_sin[0]], dim=-2)
-        q = torch.cat([torch.stack([sin[1], -cos[1]], -1), cos_sin[1]], dim=-2) * torch.exp(log_decay[1]).unsqueeze(-1)
-        return TemporalFeatures(q=q, k=k, g=log_decay[0])
+        return self.features(*self._event_times(timestamps, lengths, query_timestamps))
 
-    def prepare(self, feats: TemporalFeatures, dtype: torch.dtype, lengths: Optional[torch.Tensor] = None,
-                all_outputs: bool = True, last_outputs: bool = False, final_state: bool = False) -> TemporalFeatures:
-        """``feats`` with their CPU-path plan (:class:`PairedHeadsPlan`) for values of ``dtype``.
+    def prepare(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
+                dtype: torch.dtype, ends: Optional[torch.Tensor] = None, all_outputs: bool = True,
+                last_outputs: bool = False, final_state: bool = False) -> TemporalFeatures:
+        """The CPU path's features of padded histories (arguments as :meth:`forward`): only a
+        :class:`PairedHeadsPlan` for values of ``dtype`` (``q, k, g`` are None).
 
         Heads m and Ht + m have the same key and decay (only their queries differ), so the plan is the decayed
         sum ``Z_t = sum_{s<=t} exp(G_t - G_s) U_s`` over the Ht periods, applied to ``U_s = k_s (x) [v_m, v_Ht+m]``
-        (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. ``lengths`` and the
-        flags as in :func:`fuxi_linear.ops.reference.prepare_decay_attention`.
+        (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. The arithmetic of
+        the phases and decays is :meth:`features`'s, on keys and queries stacked. ``ends`` (lengths where final
+        states and last outputs are taken, None: all T) and the flags as in
+        :func:`fuxi_linear.ops.reference.prepare_decay_attention`.
         """
-        Ht = self.num_periods
+        t, t_next, gap_prev = self._event_times(timestamps, lengths, query_timestamps)
         cdt = compute_dtype(dtype)
-        decay = prepare_decay_attention(None, None, g=feats.g[..., :Ht], lengths=lengths, all_outputs=all_outputs,
+        theta = self.phases(torch.stack([t, t_next]))  # (2, B, T, Ht) float64: [0] keys, [1] queries
+        # float32 operands as in :meth:`features` (decode must see the same numbers), then the compute dtype
+        cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
+        log_decay = self.period_log_decay(torch.stack([gap_prev, t_next - t]))  # (2, B, T, Ht) float32
+        key = cast(torch.stack([cos[0], sin[0]], -1), cdt)  # (B, T, Ht, 2): (cos, sin) of the key phase
+        decay = prepare_decay_attention(None, None, g=log_decay[0], lengths=ends, all_outputs=all_outputs,
                                         last_outputs=last_outputs, final_state=final_state, dtype=cdt,
-                                        value_dim=4 * feats.k.shape[-1])
-
-        def pair_queries(q):  # (..., 2Ht, 2) -> per key dim (..., Ht, 2 heads, 1)
-            q = q.to(cdt).unflatten(-2, (2, Ht)).movedim(-3, -1).unsqueeze(-1)  # (..., Ht, 2 (key dim), 2 heads, 1)
-            return q.select(-3, 0), q.select(-3, 1)
-
-        key = feats.k[:, :, :Ht].to(cdt)  # (B, T, Ht, 2)
+                                        value_dim=4 * key.shape[-1])
+        # queries per key dim (head m scores sin(theta_q - theta_k), head Ht + m cos(theta_q - theta_k)), with
+        # the inclusive decay to the next event: (B, T, Ht, 2 heads, 1)
+        to_next = torch.exp(log_decay[1]).unsqueeze(-1)
+        query = (cast(torch.stack([sin[1], cos[1]], -1) * to_next, cdt).unsqueeze(-1),
+                 cast(torch.stack([-cos[1], sin[1]], -1) * to_next, cdt).unsqueeze(-1))
         plan = PairedHeadsPlan(
             decay=decay, key=key.unsqueeze(-1),
             final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
-            query=pair_queries(feats.q) if all_outputs else None,
-            last_query=pair_queries(last_tokens(feats.q, lengths)) if last_outputs else None,
+            query=query if all_outputs else None,
+            last_query=tuple(last_tokens(q, ends) for q in query) if last_outputs else None,
         )
-        return TemporalFeatures(q=feats.q, k=feats.k, g=feats.g, plan=plan)
+        return TemporalFeatures(q=None, k=None, g=None, plan=plan)
 
 
 @dataclass

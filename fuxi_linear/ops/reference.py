@@ -161,7 +161,7 @@ def parallel_decay_attention(
 #: Chunk lengths of the CPU path, by head size (from timings on a 2-core CPU, see ``benchmarks/RESULTS.md``): a
 #: chunk costs C x C score entries per token and head against K x V state entries, so heads with a small state
 #: want short chunks and wide heads longer ones. A sequence no longer than its chunk is computed in the
-#: parallel form (one masked T x T score matrix per head).
+#: parallel form (one masked T x T score matrix per head, no chunk states).
 SMALL_STATE_CHUNK = 16
 WIDE_STATE_CHUNK = 64
 #: Chunks are computed in batched segments whose score tensor stays below this many elements (a few MiB:
@@ -172,7 +172,8 @@ MAX_SEGMENT_CHUNKS = 16
 
 
 def auto_chunk_size(K: int, V: int) -> int:
-    """Chunk length C of the CPU path for heads of key width K and value width V."""
+    """Chunk length C of the CPU path for heads of key width K and value width V (a sequence of at most C
+    tokens runs in the parallel form)."""
     return SMALL_STATE_CHUNK if K * V <= 64 else WIDE_STATE_CHUNK
 
 
