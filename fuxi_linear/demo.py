@@ -229,7 +229,7 @@ def read_table(rows: Sequence[Dict[str, Any]], models: Sequence[str], seq_lens: 
     if ours_state and caches:
         lo, hi = min(caches), max(caches)
         size = _bytes(hi) if _bytes(lo) == _bytes(hi) else f"{_bytes(lo)}-{_bytes(hi)}"
-        more = f"{lo / ours_state:.0f}×" + (" or more" if lo != hi else "")
+        more = ("" if _bytes(lo) == _bytes(hi) else "at least ") + f"{lo / ours_state:.0f}×"
         sentence += (f"; its decode state is {_bytes(ours_state)} per user at every length, while a KV cache holds "
                      f"{size} per user at T={T_max} ({more} as much)")
     return sentence + "."
