@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.prefill import last_tokens
+from ..ops.prefill import cast, last_tokens, uses_plan
 from .ffn import MultiStageFFN
 from .norms import layer_norm
 from .positional import LinearPositionalChannel
@@ -80,12 +80,17 @@ class FuXiLinearBlock(nn.Module):
         """
         if outputs == "last":  # u, the gate and the FFN are only needed at the last tokens
             x_hat = layer_norm(x)
-            D, Hq = self.dim, self.num_heads * self.qk_dim
-            w = self.uvqk.to(x_hat.dtype)
+            D, Hq, heads = self.dim, self.num_heads * self.qk_dim, (self.num_heads, -1)
+            w = cast(self.uvqk, x_hat.dtype)
             x = last_tokens(x, lengths, cu_seqlens)
-            u = F.silu(last_tokens(x_hat, lengths, cu_seqlens) @ w[:, :3 * D])
-            q, k, v = (t.unflatten(-1, (self.num_heads, -1))
-                       for t in torch.split(F.silu(x_hat @ w[:, 3 * D:]), [Hq, Hq, D], dim=-1))
+            x_hat_last = last_tokens(x_hat, lengths, cu_seqlens)
+            if uses_plan(backend, x.device, cu_seqlens):  # the CPU path reads q at the last tokens only
+                u, q = torch.split(F.silu(x_hat_last @ w[:, :3 * D + Hq]), [3 * D, Hq], dim=-1)
+                k, v = torch.split(F.silu(x_hat @ w[:, 3 * D + Hq:]), [Hq, D], dim=-1)
+            else:
+                u = F.silu(x_hat_last @ w[:, :3 * D])
+                q, k, v = torch.split(F.silu(x_hat @ w[:, 3 * D:]), [Hq, Hq, D], dim=-1)
+            q, k, v = q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
         else:
             x_hat, u, q, k, v = self._project(x)
         kw = dict(cu_seqlens=cu_seqlens, output_final_state=output_final_state, backend=backend, lengths=lengths,

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from ..ops import decay_attention_step
-from ..ops.prefill import prefill_decay_attention
+from ..ops.prefill import cast, compute_dtype, prefill_decay_attention
+from ..ops.reference import prepare_decay_attention
 
 
 class RetentionChannel(nn.Module):
@@ -43,11 +44,20 @@ class RetentionChannel(nn.Module):
         """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``.
 
         ``lengths (B,)``: right-padded rows (final states at ``lengths - 1``); ``outputs="last"``: ``o (B, H, dv)``
-        at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`).
+        at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`); on the
+        CPU path ``q`` may then hold the last tokens' queries only, ``(B, H, dqk)``.
         """
         log_decay = -self.rates()
         d = torch.exp(log_decay)
         q = q * (d if d.dtype == q.dtype else d.to(q.dtype)).unsqueeze(-1)
+        if q.dim() == 3:  # last-token queries: the output is q . S with S the final state
+            cdt = compute_dtype(v.dtype)
+            k = cast(k, cdt)
+            plan = prepare_decay_attention(k, k, g_gamma=log_decay, lengths=lengths, all_outputs=False,
+                                           final_state=True, value_dim=v.shape[-1])  # reads k only
+            _, S = plan.apply(cast(v, cdt), output_final_state=True, outputs="none")
+            o = (cast(q, cdt).unsqueeze(-2) @ S).squeeze(-2)
+            return cast(o, v.dtype), (S if output_final_state else None)
         return prefill_decay_attention(q, k, v, g_gamma=log_decay, lengths=lengths, cu_seqlens=cu_seqlens,
                                        output_final_state=output_final_state, outputs=outputs, backend=backend)
 

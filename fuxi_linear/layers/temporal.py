@@ -72,18 +72,19 @@ class TemporalEncoding(nn.Module):
         """Angular rates ``2 pi / T_m`` ``(Ht,)`` in float64, derived from the periods (never stale)."""
         return (2 * math.pi) / self.periods.double()
 
-    def phases(self, t: torch.Tensor) -> torch.Tensor:
-        """``theta_m(t) = omega_m (t mod T_m)``: int64 ``(...)`` -> float64 ``(..., Ht)``."""
-        return torch.remainder(t.unsqueeze(-1), self.periods).double() * self.omega
+    def phases(self, t: torch.Tensor, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``theta_m(t) = omega_m (t mod T_m)``: int64 ``(...)`` -> float64 ``(..., Ht)`` (``omega``: the
+        angular rates, when the caller has them already)."""
+        return torch.remainder(t.unsqueeze(-1), self.periods).double() * (self.omega if omega is None else omega)
 
     def log_decay(self, gap: torch.Tensor) -> torch.Tensor:
         """``-lambda = ln(gamma) * omega * max(gap, 0)``, clamped: int64 ``(...)`` -> float32 ``(..., 2Ht)``."""
         g = self.period_log_decay(gap)
         return torch.cat([g, g], dim=-1)
 
-    def period_log_decay(self, gap: torch.Tensor) -> torch.Tensor:
+    def period_log_decay(self, gap: torch.Tensor, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:meth:`log_decay` once per period (heads m and Ht + m share it): ``(...)`` -> float32 ``(..., Ht)``."""
-        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * self.omega).float()
+        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * (self.omega if omega is None else omega)).float()
         return (F.logsigmoid(self.decay_logits.float()) * scaled_gap).clamp(min=-self.max_log_decay)
 
     def features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor) -> TemporalFeatures:
@@ -109,7 +110,7 @@ class TemporalEncoding(nn.Module):
         valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
         t = torch.where(valid, timestamps, query_timestamps[:, None])
         t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
-        gap_prev = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
+        gap_prev = torch.diff(t, dim=1, prepend=t[:, :1])  # 0 before the first event
         return t, t_next, gap_prev
 
     def forward(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor) -> TemporalFeatures:
@@ -135,24 +136,25 @@ class TemporalEncoding(nn.Module):
         """
         t, t_next, gap_prev = self._event_times(timestamps, lengths, query_timestamps)
         cdt = compute_dtype(dtype)
-        theta = self.phases(torch.stack([t, t_next]))  # (2, B, T, Ht) float64: [0] keys, [1] queries
+        omega = self.omega
+        theta = self.phases(torch.stack([t, t_next]), omega)  # (2, B, T, Ht) float64: [0] keys, [1] queries
         # float32 operands as in :meth:`features` (decode must see the same numbers), then the compute dtype
         cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
-        log_decay = self.period_log_decay(torch.stack([gap_prev, t_next - t]))  # (2, B, T, Ht) float32
+        log_decay = self.period_log_decay(torch.stack([gap_prev, t_next - t]), omega)  # (2, B, T, Ht) float32
         key = cast(torch.stack([cos[0], sin[0]], -1), cdt)  # (B, T, Ht, 2): (cos, sin) of the key phase
         decay = prepare_decay_attention(None, None, g=log_decay[0], lengths=ends, all_outputs=all_outputs,
                                         last_outputs=last_outputs, final_state=final_state, dtype=cdt,
                                         value_dim=4 * key.shape[-1])
         # queries per key dim (head m scores sin(theta_q - theta_k), head Ht + m cos(theta_q - theta_k)), with
-        # the inclusive decay to the next event: (B, T, Ht, 2 heads, 1)
+        # the inclusive decay to the next event: (B, T, Ht, 2 heads)
         to_next = torch.exp(log_decay[1]).unsqueeze(-1)
-        query = (cast(torch.stack([sin[1], cos[1]], -1) * to_next, cdt).unsqueeze(-1),
-                 cast(torch.stack([-cos[1], sin[1]], -1) * to_next, cdt).unsqueeze(-1))
+        query = (cast(torch.stack([sin[1], cos[1]], -1) * to_next, cdt),
+                 cast(torch.stack([-cos[1], sin[1]], -1) * to_next, cdt))
         plan = PairedHeadsPlan(
-            decay=decay, key=key.unsqueeze(-1),
+            decay=decay, key=key.transpose(1, 2).unsqueeze(-1),  # (B, Ht, T, 2, 1)
             final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
-            query=query if all_outputs else None,
-            last_query=tuple(last_tokens(q, ends) for q in query) if last_outputs else None,
+            query=tuple(q.transpose(1, 2).unsqueeze(-1) for q in query) if all_outputs else None,
+            last_query=tuple(last_tokens(q, ends).unsqueeze(-1) for q in query) if last_outputs else None,
         )
         return TemporalFeatures(q=None, k=None, g=None, plan=plan)
 
@@ -161,11 +163,11 @@ class TemporalEncoding(nn.Module):
 class PairedHeadsPlan:
     """The temporal channel's operands for the CPU path, prepared once per forward (:meth:`TemporalEncoding.prepare`).
 
-    ``decay``: the decayed sum over the Ht periods (q = k = 1); ``key (B, T, Ht, 2, 1)``: the key shared by heads
+    ``decay``: the decayed sum over the Ht periods (q = k = 1); ``key (B, Ht, T, 2, 1)``: the key shared by heads
     m and Ht + m; ``final_key (B, Ht x 2, T)``: the key times its decay to each user's last event (the final
     state from the block's inputs, for ``outputs="last"``); ``query`` / ``last_query``: each pair's two queries,
-    as one tensor per key dimension ``(B, T, Ht, 2 heads, 1)`` / ``(B, Ht, 2 heads, 1)``, at every event / at
-    each user's last event.
+    as one tensor per key dimension ``(B, Ht, T, 2 heads, 1)`` / ``(B, Ht, 2 heads, 1)``, at every event / at
+    each user's last event. Head-major (Ht before T), the layout the operator computes in.
     """
 
     decay: DecayAttentionPlan
@@ -175,11 +177,13 @@ class PairedHeadsPlan:
     last_query: Optional[Tuple[torch.Tensor, torch.Tensor]]
 
 
-def _pair_outputs(query: Tuple[torch.Tensor, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
-    """Each head's output from its pair's state-valued sum ``Z (..., Ht, 2 (key dim), 2 heads, w)`` and the
-    pair queries of :class:`PairedHeadsPlan` -> ``(..., 2Ht, w)`` (head r Ht + m at index r Ht + m)."""
+def _pair_outputs(query: Tuple[torch.Tensor, torch.Tensor], Z: torch.Tensor, head_major: bool = False) -> torch.Tensor:
+    """Each head's output from its pair's state-valued sum ``Z (..., Ht, [T,] 2 (key dim), 2 heads, w)`` and the
+    pair queries of :class:`PairedHeadsPlan` -> ``(..., [T,] 2Ht, w)`` (head r Ht + m at index r Ht + m)."""
     q0, q1 = query
-    o = torch.addcmul(q0 * Z.select(-3, 0), q1, Z.select(-3, 1))  # (..., Ht, 2 heads, w)
+    o = torch.addcmul(q0 * Z.select(-3, 0), q1, Z.select(-3, 1))  # (..., Ht, [T,] 2 heads, w)
+    if head_major:  # (B, Ht, T, 2, w) -> (B, T, 2, Ht, w)
+        return o.permute(0, 2, 3, 1, 4).flatten(2, 3)
     return o.transpose(-3, -2).flatten(-3, -2)
 
 
@@ -205,7 +209,7 @@ class TemporalRetentionChannel(nn.Module):
         return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device)
 
     def _values(self, x_hat: torch.Tensor) -> torch.Tensor:
-        return self.proj_v(x_hat).unflatten(-1, (self.num_heads, -1))
+        return F.linear(x_hat, self.proj_v.weight).unflatten(-1, (self.num_heads, -1))
 
     def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         alpha, beta = self.alpha.unsqueeze(-1), self.beta.unsqueeze(-1)
@@ -246,10 +250,13 @@ class TemporalRetentionChannel(nn.Module):
         Ht, w = self.num_heads // 2, v.shape[-1]
         B, T = v.shape[:2]
         plan = feats.plan
-        pairs = v.unflatten(2, (2, Ht)).transpose(2, 3).reshape(B, T, Ht, 1, 2 * w)  # [v_m, v_Ht+m]
-        U = (plan.key * pairs).flatten(-2)  # (B, T, Ht, 2 x 2 x w), compute dtype
-        Z, S = plan.decay.apply(U, output_final_state=output_final_state, outputs=outputs)
-        o = _pair_outputs(plan.query if outputs == "all" else plan.last_query, Z.unflatten(-1, (2, 2, w)))
+        pairs = v.unflatten(2, (2, Ht)).permute(0, 3, 1, 2, 4).reshape(B, Ht, T, 1, 2 * w)  # [v_m, v_Ht+m]
+        U = (plan.key * pairs).flatten(-2)  # (B, Ht, T, 2 x 2 x w), compute dtype, head-major
+        Z, S = plan.decay.apply(U, output_final_state=output_final_state, outputs=outputs, head_major=True)
+        if outputs == "all":  # (B, Ht, T, 2, 2, w) -> (B, T, 2Ht, w)
+            o = _pair_outputs(plan.query, Z.unflatten(-1, (2, 2, w)), head_major=True)
+        else:
+            o = _pair_outputs(plan.last_query, Z.unflatten(-1, (2, 2, w)))
         if S is not None:  # (B, Ht, 1, 2 x 2 x w) -> per head (B, 2Ht, 2, w)
             S = S.squeeze(2).unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2)
         return (o if o.dtype == v.dtype else o.to(v.dtype)), S

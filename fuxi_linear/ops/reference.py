@@ -208,10 +208,11 @@ def _decay_exp(log_decay: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_decay.clamp(min=MIN_LOG_DECAY))
 
 
-def _masked_exp(diff: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
-    """``exp(diff)`` where ``diff <= 0`` is a log-decay, 0 where ``above`` (the entries past the causal edge, whose
-    ``diff`` may be positive: clamped to 0 first, so nothing overflows and no NaN reaches a gradient)."""
-    return torch.exp(diff.clamp(MIN_LOG_DECAY, 0.0)).masked_fill(above, 0.0)
+def _masked_exp(diff: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``exp(diff)`` where ``diff <= 0`` is a log-decay, times the 0/1 mask ``keep`` (0 past the causal edge, where
+    ``diff`` may be positive: clamped to 0 first, so nothing overflows and no NaN reaches a gradient). A float
+    mask: multiplying by it is several times faster on a CPU than ``masked_fill`` with a broadcast bool mask."""
+    return torch.exp(diff.clamp(MIN_LOG_DECAY, 0.0)) * keep
 
 
 class _TokenDecay:
@@ -240,12 +241,12 @@ class _TokenDecay:
             before = G[..., start - 1:start] if start > 0 else torch.zeros_like(G[..., :1])  # G before the segment
             chunk_start = torch.cat([before, Gc[..., :-1, -1]], dim=-1) if nc > 1 else before  # (Bd, H, nc)
             b = _as(Gc - chunk_start[..., None], self.cdt)  # chunk-local cumulative log-decay
-        out = {"intra": _masked_exp(b[..., :, None] - b[..., None, :], _offsets(C, b.device, self.cdt)[0])}
+        out = {"intra": _masked_exp(b[..., :, None] - b[..., None, :], _offsets(C, b.device, self.cdt)[3])}
         if with_states:
             ends = Gc[..., -1]  # Gamma_c
             before = torch.zeros_like(G[..., :1]) if before is None else before
             out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], self.cdt),
-                                     _offsets(nc, b.device, self.cdt)[0])
+                                     _offsets(nc, b.device, self.cdt)[3])
             out["carry"] = _decay_exp(_as(ends - before, self.cdt))
             out["into"] = _decay_exp(b)
             out["out_of"] = _decay_exp(b[..., -1:] - b)
@@ -257,7 +258,8 @@ class _TokenDecay:
         if last is None:
             return _decay_exp(_as(G[..., -1:] - G, self.cdt))
         G_last = G.expand(last.numel(), -1, -1).gather(-1, last.view(-1, 1, 1).expand(-1, G.shape[1], 1))
-        return _masked_exp(_as(G_last - G, self.cdt), torch.arange(G.shape[-1], device=G.device) > last.view(-1, 1, 1))
+        keep = (torch.arange(G.shape[-1], device=G.device) <= last.view(-1, 1, 1)).to(self.cdt)
+        return _masked_exp(_as(G_last - G, self.cdt), keep)
 
     def log_decay_to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
         """``G_{L-1}`` ``(Bf, H)`` float64 (the decay of an initial state)."""
@@ -276,13 +278,13 @@ class _HeadDecay:
 
     def chunks(self, start: int, stop: int, nc: int, C: int, with_states: bool) -> dict:
         gam = self.gamma[:, None]
-        above, dist, steps, _ = _offsets(C, gam.device, self.cdt)
-        out = {"intra": _masked_exp(gam[..., None] * dist, above)[None, :, None]}  # (1, H, 1, C, C)
+        _, dist, steps, keep = _offsets(C, gam.device, self.cdt)
+        out = {"intra": _masked_exp(gam[..., None] * dist, keep)[None, :, None]}  # (1, H, 1, C, C)
         if with_states:
-            above_c, dist_c, steps_c, _ = _offsets(nc, gam.device, self.cdt)
+            _, dist_c, steps_c, keep_c = _offsets(nc, gam.device, self.cdt)
             out["into"] = _decay_exp(gam * steps)[None, :, None]  # (1, H, 1, C)
             out["out_of"] = _decay_exp(gam * (C - steps))[None, :, None]
-            out["mix"] = _masked_exp((C * gam[..., None]) * dist_c, above_c)[None]  # (1, H, nc, nc)
+            out["mix"] = _masked_exp((C * gam[..., None]) * dist_c, keep_c)[None]  # (1, H, nc, nc)
             out["carry"] = _decay_exp((C * gam) * steps_c)[None]  # (1, H, nc)
         return out
 
@@ -291,7 +293,7 @@ class _HeadDecay:
             return _decay_exp(self.gamma.unsqueeze(-1) * _steps_to_end(self.T, self.gamma.device, self.cdt)).unsqueeze(0)
         pos = torch.arange(self.T, device=self.gamma.device, dtype=self.cdt)
         back = _as(last, self.cdt)[:, None] - pos  # (B, T): L - 1 - s
-        return _masked_exp(self.gamma[:, None] * back[:, None], (back < 0)[:, None])  # (B, H, T)
+        return _masked_exp(self.gamma[:, None] * back[:, None], (back >= 0).to(self.cdt)[:, None])  # (B, H, T)
 
     def log_decay_to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
         length = self.T if last is None else (last + 1).double()[:, None]
@@ -362,14 +364,17 @@ class DecayAttentionPlan:
         return S
 
     def apply(self, v: torch.Tensor, initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
-              outputs: str = "all") -> Output:
+              outputs: str = "all", head_major: bool = False) -> Output:
         """Values ``v: (B, T, H, V)`` in the plan's dtype -> ``(o, final_state (B, H, K, V) or None)``.
 
         ``outputs="all"``: ``o (B, T, H, V)``; ``"last"``: ``o (B, H, V)`` at each sequence's last token only
-        (from its final state: no score matrix is needed); ``"none"``: ``o`` is None.
+        (from its final state: no score matrix is needed); ``"none"``: ``o`` is None. ``head_major``: ``v`` and
+        ``o`` are ``(B, H, T, V)`` instead.
         """
-        T = v.shape[1]
-        vh = v.transpose(1, 2)  # (B, H, T, V)
+        vh = v if head_major else v.transpose(1, 2)  # (B, H, T, V)
+        T = vh.shape[2]
+        if not vh.is_contiguous():  # once here, instead of inside each product that reads it
+            vh = vh.contiguous()
         h0 = initial_state
         S = self.final_state(vh, h0) if (output_final_state or outputs == "last") else None
         if outputs == "last":
@@ -391,7 +396,8 @@ class DecayAttentionPlan:
                     o = o + (seg.query_in * entering if seg.query_in.shape[-1] == 1 else seg.query_in @ entering)
                 pieces.append(o.flatten(2, 3))
             o = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-            o = (o[:, :, :T] if o.shape[2] != T else o).transpose(1, 2)
+            o = o[:, :, :T] if o.shape[2] != T else o
+            o = o if head_major else o.transpose(1, 2)
         else:
             o = None
         return o, (S if output_final_state else None)
@@ -488,7 +494,7 @@ def _segment(qh, kh, decay, start, nc, C, T, H, with_states, cdt, dev) -> _Segme
         scores = qc @ kc.transpose(-1, -2)
     if decay is None:
         above, _, _, ones = _offsets(C, dev, cdt)
-        scores = scores.masked_fill(above, 0.0) if scores is not None else ones.expand(1, H, nc, C, C)
+        scores = scores * ones if scores is not None else ones.expand(1, H, nc, C, C)
         if with_states:
             if qc is None:
                 qc = kc = torch.ones(1, H, nc, C, 1, dtype=cdt, device=dev)
