@@ -36,10 +36,9 @@ def check_timestamps(name: str, timestamps: object, shape: tuple, shape_doc: str
     return x
 
 
-def _value_range(x: torch.Tensor) -> tuple:
-    """``(min, max)`` of a non-empty int tensor as Python ints, with one device read."""
-    lo, hi = torch.aminmax(x)
-    return tuple(torch.stack([lo, hi]).tolist())
+def _value_ranges(*tensors: torch.Tensor) -> list:
+    """``[min, max]`` of each non-empty int tensor as Python ints, with one device read for all of them."""
+    return torch.stack([v for x in tensors for v in torch.aminmax(x)]).tolist()
 
 
 def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: int, max_positions: int) -> int:
@@ -61,10 +60,9 @@ def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: in
     devices = {t.device for t in (item_ids, timestamps, lengths, query_timestamps)}
     if len(devices) != 1:
         raise ValueError(f"item_ids, timestamps, lengths and query_timestamps must be on one device, got {devices}")
-    lo, hi = _value_range(item_ids)
+    lo, hi, shortest, longest = _value_ranges(item_ids, lengths)
     if lo < 0 or hi > num_items:
         raise ValueError(f"item_ids must lie in [0, num_items={num_items}] (0 = padding), got values in [{lo}, {hi}]")
-    shortest, longest = _value_range(lengths)
     if shortest < 1 or longest > T:
         raise ValueError(f"lengths must lie in [1, T={T}], got values in [{shortest}, {longest}]")
     if longest > max_positions:

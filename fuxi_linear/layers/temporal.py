@@ -130,31 +130,38 @@ class TemporalEncoding(nn.Module):
         Heads m and Ht + m have the same key and decay (only their queries differ), so the plan is the decayed
         sum ``Z_t = sum_{s<=t} exp(G_t - G_s) U_s`` over the Ht periods, applied to ``U_s = k_s (x) [v_m, v_Ht+m]``
         (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. The arithmetic of
-        the phases and decays is :meth:`features`'s, on keys and queries stacked. ``ends`` (lengths where final
+        the phases and decays is :meth:`features`'s, once per time (an event's query time is the next key time). ``ends`` (lengths where final
         states and last outputs are taken, None: all T) and the flags as in
         :func:`fuxi_linear.ops.reference.prepare_decay_attention`.
         """
-        t, t_next, gap_prev = self._event_times(timestamps, lengths, query_timestamps)
+        T = timestamps.shape[1]
+        valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
+        # times of the events and of the request after the last one, (B, T + 1): event i's key time is column i,
+        # its query time column i + 1; the gap before column i is column i of the differences (0 before the first)
+        times = torch.cat([torch.where(valid, timestamps, query_timestamps[:, None]), query_timestamps[:, None]], 1)
+        gaps = torch.diff(times, dim=1, prepend=times[:, :1])
         cdt = compute_dtype(dtype)
         omega = self.omega
-        theta = self.phases(torch.stack([t, t_next]), omega)  # (2, B, T, Ht) float64: [0] keys, [1] queries
+        theta = self.phases(times, omega)  # (B, T + 1, Ht) float64
         # float32 operands as in :meth:`features` (decode must see the same numbers), then the compute dtype
         cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
-        log_decay = self.period_log_decay(torch.stack([gap_prev, t_next - t]), omega)  # (2, B, T, Ht) float32
-        key = cast(torch.stack([cos[0], sin[0]], -1), cdt)  # (B, T, Ht, 2): (cos, sin) of the key phase
-        decay = prepare_decay_attention(None, None, g=log_decay[0], lengths=ends, all_outputs=all_outputs,
+        log_decay = self.period_log_decay(gaps, omega)  # (B, T + 1, Ht) float32: [:, :T] per event, [:, 1:] to next
+        key = cast(torch.stack([cos[:, :T], sin[:, :T]], -1), cdt)  # (B, T, Ht, 2): (cos, sin) of the key phase
+        decay = prepare_decay_attention(None, None, g=log_decay[:, :T], lengths=ends, all_outputs=all_outputs,
                                         last_outputs=last_outputs, final_state=final_state, dtype=cdt,
                                         value_dim=4 * key.shape[-1])
-        # queries per key dim (head m scores sin(theta_q - theta_k), head Ht + m cos(theta_q - theta_k)), with
-        # the inclusive decay to the next event: (B, T, Ht, 2 heads)
-        to_next = torch.exp(log_decay[1]).unsqueeze(-1)
-        query = (cast(torch.stack([sin[1], cos[1]], -1) * to_next, cdt),
-                 cast(torch.stack([-cos[1], sin[1]], -1) * to_next, cdt))
+        # queries (B, T, Ht, 2 (key dim), 2 heads): head m scores sin(theta_q - theta_k), head Ht + m
+        # cos(theta_q - theta_k), with the inclusive decay to the next event
+        cos_q, sin_q = cos[:, 1:], sin[:, 1:]
+        query = torch.stack([sin_q, cos_q, -cos_q, sin_q], -1) * torch.exp(log_decay[:, 1:]).unsqueeze(-1)
+        query = cast(query, cdt).unflatten(-1, (2, 2))
+        head_major = query.transpose(1, 2).unsqueeze(-1)  # (B, Ht, T, 2, 2, 1)
+        last = last_tokens(query, ends).unsqueeze(-1) if last_outputs else None  # (B, Ht, 2, 2, 1)
         plan = PairedHeadsPlan(
             decay=decay, key=key.transpose(1, 2).unsqueeze(-1),  # (B, Ht, T, 2, 1)
             final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
-            query=tuple(q.transpose(1, 2).unsqueeze(-1) for q in query) if all_outputs else None,
-            last_query=tuple(last_tokens(q, ends).unsqueeze(-1) for q in query) if last_outputs else None,
+            query=(head_major.select(-3, 0), head_major.select(-3, 1)) if all_outputs else None,
+            last_query=(last.select(-3, 0), last.select(-3, 1)) if last_outputs else None,
         )
         return TemporalFeatures(q=None, k=None, g=None, plan=plan)
 
