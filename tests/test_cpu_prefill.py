@@ -3,9 +3,11 @@ chunk boundaries the reference picks (C - 1, C, C + 1): outputs, final states, l
 import pytest
 import torch
 
+import fuxi_linear.layers.block as block_module
+import fuxi_linear.layers.positional as positional_module
+import fuxi_linear.layers.retention as retention_module
 import fuxi_linear.model as model_module
 import fuxi_linear.ops.prefill as prefill_module
-import fuxi_linear.layers.positional as positional_module
 from fuxi_linear import FuXiLinear, FuXiLinearConfig
 from fuxi_linear.ops import reference
 from fuxi_linear.ops.reference import auto_chunk_size, prepare_decay_attention, recurrent_decay_attention
@@ -142,7 +144,7 @@ def oracle(monkeypatch):
     def run(fn):
         with monkeypatch.context() as m:
             m.setattr(prefill_module, "chunk_decay_attention", recurrent)
-            for module in (prefill_module, model_module, positional_module):
+            for module in (prefill_module, model_module, block_module, retention_module, positional_module):
                 m.setattr(module, "uses_plan", lambda *a, **k: False)
             return fn()
 
@@ -207,3 +209,32 @@ def test_float32_model_matches_float64_at_long_lengths():
     assert float((e32.double() - e64).norm() / e64.norm()) < 1e-5
     for a, b in zip(s32.tensors()[:3], s64.tensors()[:3]):
         assert float((a.double() - b).norm() / b.norm()) < 1e-5
+
+
+def test_inference_cache_follows_parameter_updates():
+    """Parameter-derived operands are reused across inference calls, and rebuilt when a parameter changes."""
+    import copy
+
+    model = _bench_sized_model()
+    lengths = torch.full((2,), 40)
+    ids, ts, _, ts_ext = random_histories(model.config.num_items, lengths, seed=6)
+    query = ts_ext[:, 40]
+    with torch.inference_mode():
+        before, _ = model.prefill(ids, ts, lengths, query)
+        again, _ = model.prefill(ids, ts, lengths, query)
+    assert torch.equal(before, again) and model.blocks[0].positional.__dict__.get("_inference_cache")
+    with torch.no_grad():  # in-place updates, as an optimiser step or load_state_dict makes them
+        for block in model.blocks:
+            block.retention.decay_logits.add_(0.3)
+            block.positional.table.mul_(1.5)
+            block.temporal.proj_v.weight.mul_(-1.0)
+    copied = copy.deepcopy(model)
+    with torch.inference_mode():
+        after, state = model.prefill(ids, ts, lengths, query)
+        fresh, fresh_state = copied.prefill(ids, ts, lengths, query)
+        # a model copied inside inference mode has inference-tensor parameters (no version counter): no cache
+        inside, _ = copy.deepcopy(model).prefill(ids, ts, lengths, query)
+    assert (after - before).abs().max() > 1e-3
+    assert (after - fresh).abs().max() < 1e-12 and (inside - fresh).abs().max() < 1e-12
+    for a, b in zip(state.tensors(), fresh_state.tensors()):
+        assert (a - b).abs().max() < 1e-12

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from ..ops import decay_attention_step
-from ..ops.prefill import cast, compute_dtype, prefill_decay_attention
-from ..ops.reference import prepare_decay_attention
+from ..ops.prefill import cast, compute_dtype, inference_cache, prefill_decay_attention, uses_plan
+from ..ops.reference import HeadDecay, prepare_decay_attention
 
 
 class RetentionChannel(nn.Module):
@@ -47,19 +47,29 @@ class RetentionChannel(nn.Module):
         at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`); on the
         CPU path ``q`` may then hold the last tokens' queries only, ``(B, H, dqk)``.
         """
-        log_decay = -self.rates()
-        d = torch.exp(log_decay)
+        T = k.shape[1]
+        if uses_plan(backend, v.device, cu_seqlens):  # the decay factors depend on the parameters and T only
+            cdt = compute_dtype(v.dtype)
+            d, decay = inference_cache(self, "decay", (self.decay_logits,), (T, cdt, v.device),
+                                       lambda: self._decays(T, cdt))
+        else:
+            d, decay = self._decays(T, None)
         q = q * (d if d.dtype == q.dtype else d.to(q.dtype)).unsqueeze(-1)
         if q.dim() == 3:  # last-token queries: the output is q . S with S the final state
-            cdt = compute_dtype(v.dtype)
             k = cast(k, cdt)
-            plan = prepare_decay_attention(k, k, g_gamma=log_decay, lengths=lengths, all_outputs=False,
+            plan = prepare_decay_attention(k, k, g_gamma=decay, lengths=lengths, all_outputs=False,
                                            final_state=True, value_dim=v.shape[-1])  # reads k only
             _, S = plan.apply(cast(v, cdt), output_final_state=True, outputs="none")
             o = (cast(q, cdt).unsqueeze(-2) @ S).squeeze(-2)
             return cast(o, v.dtype), (S if output_final_state else None)
-        return prefill_decay_attention(q, k, v, g_gamma=log_decay, lengths=lengths, cu_seqlens=cu_seqlens,
+        return prefill_decay_attention(q, k, v, g_gamma=decay, lengths=lengths, cu_seqlens=cu_seqlens,
                                        output_final_state=output_final_state, outputs=outputs, backend=backend)
+
+    def _decays(self, T: int, cdt: Optional[torch.dtype]):
+        """Per-step decay ``d = exp(-r) (H,)`` and the log-decay ``-r``: as a :class:`HeadDecay` over T tokens for
+        the CPU path (compute dtype ``cdt``), as a tensor otherwise (``cdt`` None)."""
+        log_decay = -self.rates()
+        return torch.exp(log_decay), (log_decay if cdt is None else HeadDecay(log_decay, T, cdt))
 
     def step(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto"

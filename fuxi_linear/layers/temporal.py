@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import decay_attention_step
-from ..ops.prefill import cast, compute_dtype, last_tokens, prefill_decay_attention
+from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention
 from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
 
 
@@ -275,8 +275,9 @@ class TemporalRetentionChannel(nn.Module):
         Ht, D = self.num_heads // 2, x_hat.shape[-1]
         w = D // self.num_heads
         cdt = plan.key.dtype
-        Zx = (plan.final_key @ x_hat.to(cdt)).unflatten(1, (Ht, 2))  # (B, Ht, 2, D)
-        W = self.proj_v.weight.to(cdt).view(2, Ht, w, D).permute(1, 3, 0, 2).reshape(Ht, D, 2 * w)
+        Zx = (plan.final_key @ cast(x_hat, cdt)).unflatten(1, (Ht, 2))  # (B, Ht, 2, D)
+        W = inference_cache(self, "pair_weights", (self.proj_v.weight,), (cdt,), lambda: cast(
+            self.proj_v.weight, cdt).view(2, Ht, w, D).permute(1, 3, 0, 2).reshape(Ht, D, 2 * w))
         Z = (Zx @ W).unflatten(-1, (2, w))  # (B, Ht, 2 (key dim), 2 heads, w): state = output at the last event
         o = _pair_outputs(plan.last_query, Z)
         v_last = self._values(last_tokens(x_hat, lengths))  # (B, 2Ht, w)

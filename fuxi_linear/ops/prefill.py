@@ -7,12 +7,12 @@ them again (the public operator, :func:`chunk_decay_attention`, does).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
 from .decay_attention import chunk_decay_attention, resolve_backend
-from .reference import DecayAttentionPlan, prepare_decay_attention
+from .reference import DecayAttentionPlan, HeadDecay, prepare_decay_attention
 
 OUTPUTS = ("all", "last")
 
@@ -33,6 +33,26 @@ def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Ten
     return cu_seqlens is None and resolve_backend(backend, device) == "reference"
 
 
+def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tensor, ...], key: tuple,
+                    build: Callable[[], Any]) -> Any:
+    """``build()``, kept on ``owner`` and reused while ``params`` hold the same values (their storage and version
+    counters) and ``key`` is the same — only where no gradient can flow (inference); otherwise built every call.
+
+    A prefill's parameter-derived operands (per-head decay factors, positional scores) depend on nothing else;
+    on a CPU, at short lengths, building them again costs more than using them.
+    """
+    if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # inference tensors keep no version
+        return build()
+    stamp = (key, torch.is_inference_mode_enabled(), tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    cache = owner.__dict__.setdefault("_inference_cache", {})
+    hit = cache.get(name)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = build()
+    cache[name] = (stamp, value)
+    return value
+
+
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype`` (no call at all when it already is: these paths are overhead-bound on a CPU)."""
     return x if x.dtype == dtype else x.to(dtype)
@@ -41,30 +61,6 @@ def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The CPU path computes in float64 for float64 input and in float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def prepare_prefill(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    g: Optional[torch.Tensor] = None,
-    g_gamma: Optional[torch.Tensor] = None,
-    *,
-    dtype: torch.dtype,
-    value_dim: int,
-    lengths: Optional[torch.Tensor] = None,
-    all_outputs: bool = True,
-    last_outputs: bool = False,
-    final_state: bool = False,
-) -> DecayAttentionPlan:
-    """A plan for q/k/decay that several value tensors will share (the temporal channel of every block).
-
-    ``q, k: (Bq, T, H, K)``; ``g: (B, T, H)`` or ``g_gamma: (H,)``; ``dtype``: the values' dtype. The flags say
-    which outputs the later :func:`prefill_decay_attention` calls will ask for.
-    """
-    cdt = compute_dtype(dtype)
-    return prepare_decay_attention(q.to(cdt), k.to(cdt), g=g, g_gamma=g_gamma, lengths=lengths,
-                                   all_outputs=all_outputs, last_outputs=last_outputs, final_state=final_state,
-                                   value_dim=value_dim)
 
 
 def prefill_decay_attention(
@@ -90,7 +86,8 @@ def prefill_decay_attention(
         lengths: ``(B,)`` lengths of right-padded rows, where final states and last outputs are taken (None:
             every row has T tokens).
         outputs: ``"all"`` -> ``o (B, T, H, V)``; ``"last"`` -> ``o (B, H, V)`` at each sequence's last token.
-        plan: a :func:`prepare_prefill` plan of these q, k, g (CPU path), reused instead of q/k/g.
+        plan: a :class:`~fuxi_linear.ops.reference.DecayAttentionPlan` of these q, k, g (CPU path), reused
+            instead of q/k/g.
     Returns:
         ``(o in v's dtype, final state (N, H, K, V) float32 — float64 for float64 input — or None)``.
     """
@@ -104,6 +101,8 @@ def prefill_decay_attention(
                                            final_state=output_final_state, value_dim=v.shape[-1])
         o, state = plan.apply(cast(v, cdt), output_final_state=output_final_state, outputs=outputs)
         return cast(o, v.dtype), state
+    if isinstance(g_gamma, HeadDecay):
+        g_gamma = g_gamma.gamma
     o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
                                      cu_seqlens=cu_seqlens, backend=backend)
     if outputs == "last":
@@ -111,4 +110,4 @@ def prefill_decay_attention(
     return o, state
 
 
-__all__ = ["cast", "last_tokens", "uses_plan", "compute_dtype", "prepare_prefill", "prefill_decay_attention"]
+__all__ = ["inference_cache", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]

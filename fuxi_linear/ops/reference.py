@@ -33,6 +33,9 @@ from .validation import check_chunk_inputs, check_step_inputs
 
 __all__ = [
     "auto_chunk_size",
+    "DecayAttentionPlan",
+    "HeadDecay",
+    "prepare_decay_attention",
     "recurrent_decay_attention",
     "parallel_decay_attention",
     "chunk_decay_attention_reference",
@@ -268,15 +271,24 @@ class _TokenDecay:
             -1, last.view(-1, 1, 1).expand(-1, G.shape[1], 1)).squeeze(-1)
 
 
-class _HeadDecay:
-    """One log-decay per head ``gamma (H,)``: ``G_t - G_s = gamma (t - s)``, the same in every chunk, built from
-    cached integer offsets (batch 1 and chunk axis 1: broadcast)."""
+class HeadDecay:
+    """One log-decay per head ``gamma (H,)`` over T tokens: ``G_t - G_s = gamma (t - s)``, the same in every
+    chunk, built from cached integer offsets (batch 1 and chunk axis 1: broadcast). Its factors are computed
+    once per instance, so one instance can serve every prefill with the same decay and length (see
+    :func:`fuxi_linear.ops.prefill.inference_cache`)."""
 
     def __init__(self, g_gamma: torch.Tensor, T: int, cdt: torch.dtype):
         self.gamma = _as(g_gamma, cdt)
         self.T, self.batch, self.cdt = T, 1, cdt
+        self._memo = {}
 
     def chunks(self, start: int, stop: int, nc: int, C: int, with_states: bool) -> dict:
+        key = (nc, C, with_states)
+        if key not in self._memo:
+            self._memo[key] = self._chunks(nc, C, with_states)
+        return self._memo[key]
+
+    def _chunks(self, nc: int, C: int, with_states: bool) -> dict:
         gam = self.gamma[:, None]
         _, dist, steps, keep = _offsets(C, gam.device, self.cdt)
         out = {"intra": _masked_exp(gam[..., None] * dist, keep)[None, :, None]}  # (1, H, 1, C, C)
@@ -290,7 +302,10 @@ class _HeadDecay:
 
     def to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
         if last is None:  # (1, H, T)
-            return _decay_exp(self.gamma.unsqueeze(-1) * _steps_to_end(self.T, self.gamma.device, self.cdt)).unsqueeze(0)
+            if "to_last" not in self._memo:
+                steps = _steps_to_end(self.T, self.gamma.device, self.cdt)
+                self._memo["to_last"] = _decay_exp(self.gamma.unsqueeze(-1) * steps).unsqueeze(0)
+            return self._memo["to_last"]
         pos = torch.arange(self.T, device=self.gamma.device, dtype=self.cdt)
         back = _as(last, self.cdt)[:, None] - pos  # (B, T): L - 1 - s
         return _masked_exp(self.gamma[:, None] * back[:, None], (back >= 0).to(self.cdt)[:, None])  # (B, H, T)
@@ -424,7 +439,8 @@ def prepare_decay_attention(
         q, k: ``(Bq, T, H, K)`` in the compute dtype (float32/float64); Bq = 1 shares them with every sequence.
             Both None: ``q = k = 1`` (K = 1), the plain decayed sum ``o_t = sum_{s<=t} exp(G_t - G_s) v_s``;
             ``g`` is then required and ``dtype`` names the compute dtype.
-        g: ``(Bg, T, H)`` per-token log-decay (<= 0), or g_gamma: ``(H,)`` per head, or neither.
+        g: ``(Bg, T, H)`` per-token log-decay (<= 0), or g_gamma: ``(H,)`` per head (or a :class:`HeadDecay` of
+            it, reused), or neither.
         scale: multiplies the outputs.
         lengths: ``(B,)`` lengths of right-padded sequences (final states and last outputs are taken at
             ``lengths - 1``), or None (all T).
@@ -445,7 +461,10 @@ def prepare_decay_attention(
             raise ValueError("scale needs q")
         qh = qh * scale
     C = min(chunk_size or auto_chunk_size(K, value_dim or K), T)
-    decay = _TokenDecay(g, cdt) if g is not None else (_HeadDecay(g_gamma, T, cdt) if g_gamma is not None else None)
+    if isinstance(g_gamma, HeadDecay):
+        decay = g_gamma
+    else:
+        decay = _TokenDecay(g, cdt) if g is not None else (HeadDecay(g_gamma, T, cdt) if g_gamma is not None else None)
     segments = None
     if all_outputs:
         nc_total = -(-T // C)
