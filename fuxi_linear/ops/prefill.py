@@ -33,6 +33,17 @@ def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Ten
     return cu_seqlens is None and resolve_backend(backend, device) == "reference"
 
 
+class _InferenceCache(dict):
+    """Per-module store of :func:`inference_cache`: not copied with the module (a copy starts empty) and not
+    pickled, so no cached tensor outlives the parameters it was derived from."""
+
+    def __deepcopy__(self, memo):
+        return _InferenceCache()
+
+    def __reduce__(self):
+        return (_InferenceCache, ())
+
+
 def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tensor, ...], key: tuple,
                     build: Callable[[], Any]) -> Any:
     """``build()``, kept on ``owner`` and reused while ``params`` hold the same values (their storage and version
@@ -44,7 +55,7 @@ def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tenso
     if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # inference tensors keep no version
         return build()
     stamp = (key, torch.is_inference_mode_enabled(), tuple((p.data_ptr(), p._version, p.dtype) for p in params))
-    cache = owner.__dict__.setdefault("_inference_cache", {})
+    cache = owner.__dict__.setdefault("_inference_cache", _InferenceCache())
     hit = cache.get(name)
     if hit is not None and hit[0] == stamp:
         return hit[1]
