@@ -41,9 +41,9 @@ def _value_ranges(*tensors: torch.Tensor) -> list:
     return torch.stack([v for x in tensors for v in torch.aminmax(x)]).tolist()
 
 
-def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: int, max_positions: int) -> int:
+def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: int, max_positions: int) -> tuple:
     """Padded histories: ``item_ids (B, T)``, ``timestamps (B, T)`` int64, ``lengths (B,)`` in [1, T],
-    ``query_timestamps (B,)`` int64; T at most ``max_positions``. Returns the longest length (an int)."""
+    ``query_timestamps (B,)`` int64; T at most ``max_positions``. Returns the shortest and the longest length."""
     x = _tensor("item_ids", item_ids, 2, "(B, T)")
     if x.dtype not in INT_DTYPES:
         raise TypeError(f"item_ids must be an int64 (or int32) tensor, got {x.dtype}")
@@ -70,7 +70,7 @@ def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: in
             f"histories of {longest} events exceed the model's position tables ({max_positions} positions); "
             f"truncate to the most recent events or build the model with a larger max_seq_len"
         )
-    return longest
+    return shortest, longest
 
 
 def check_step_events(item_ids, timestamps, query_timestamps, num_users: int, num_items: int, holder: str,

@@ -2,7 +2,7 @@
 sampled-softmax training and O(1)-per-event decode."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,7 @@ from .decode_state import DecodeState
 from .history_inputs import check_history, check_step_events
 from .layers.block import FuXiLinearBlock
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
-from .ops.prefill import uses_plan
+from .ops.prefill import cast, uses_plan
 from .retrieval import SequentialRetrievalMixin, l2_normalize
 
 
@@ -43,27 +43,33 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         )
 
     # ------------------------------------------------------------------ inputs
-    def _check(self, item_ids, timestamps, lengths, query_timestamps) -> int:
-        """Validates a batch of histories; returns the longest length (columns past it are padding)."""
+    def _check(self, item_ids, timestamps, lengths, query_timestamps) -> Tuple[int, int]:
+        """Validates a batch of histories; returns the shortest and the longest length (columns past the longest
+        are padding everywhere)."""
         return check_history(item_ids, timestamps, lengths, query_timestamps, self.config.num_items,
                              self.config.max_positions)
 
     # ------------------------------------------------------------------ full histories
     def _forward_padded(self, item_ids, timestamps, lengths, query_timestamps, output_final_state: bool = False,
-                        last_only: bool = False):
+                        last_only: bool = False, ragged: Optional[bool] = None):
         """Right-padded histories ``(B, T)`` through the blocks; returns ``(x, per-block channel states or None)``
         with ``x (B, T, D)``, or ``(B, D)`` at each user's last event when ``last_only`` (the last block then
         gates and mixes only those rows).
 
         Final states and last events are taken at ``lengths - 1``; a batch whose histories all fill the T
-        columns passes no lengths at all. The histories are never packed: on the CPU path each channel takes its
+        columns (``ragged`` False; None: find out) passes no lengths at all. The histories are never packed: on the CPU path each channel takes its
         state at the right event directly, so ragged batches are exact too (the Triton backend packs ragged
         batches instead, :meth:`_forward_packed`).
         """
         B, T = item_ids.shape
         dev = item_ids.device
         x = self._embed(item_ids, torch.arange(T, device=dev)[None, :])
-        ends = None if (not output_final_state and not last_only) or bool((lengths == T).all()) else lengths
+        if not output_final_state and not last_only:
+            ends = None
+        elif ragged is None:
+            ends = None if bool((lengths == T).all()) else lengths
+        else:
+            ends = lengths if ragged else None
         n = len(self.blocks)
         if not self.config.use_temporal:
             feats = None
@@ -123,8 +129,8 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         Returns:
             ``(B, T, D)`` L2-normalised user vectors (float32 for a float32 model); zero at padding.
         """
-        used = self._check(item_ids, timestamps, lengths, query_timestamps)
-        item_ids, lengths = item_ids.long(), lengths.long()
+        _, used = self._check(item_ids, timestamps, lengths, query_timestamps)
+        item_ids, lengths = cast(item_ids, torch.int64), cast(lengths, torch.int64)
         T = item_ids.shape[1]
         if packed:
             y, valid, _ = self._forward_packed(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
@@ -150,18 +156,21 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
 
         Only the last events go through the last block's gate and FFN; histories are packed only for the Triton
         backend when their lengths differ."""
-        used = self._check(item_ids, timestamps, lengths, query_timestamps)
-        item_ids, lengths = item_ids.long(), lengths.long()
-        ids, ts = item_ids[:, :used], timestamps[:, :used]
-        if uses_plan(self.config.backend, ids.device) or bool((lengths == used).all()):
-            y, states = self._forward_padded(ids, ts, lengths, query_timestamps, True, last_only=True)
+        shortest, used = self._check(item_ids, timestamps, lengths, query_timestamps)
+        item_ids, lengths = cast(item_ids, torch.int64), cast(lengths, torch.int64)
+        ragged = shortest < used
+        ids, ts = (item_ids[:, :used], timestamps[:, :used]) if used < item_ids.shape[1] else (item_ids, timestamps)
+        if not ragged or uses_plan(self.config.backend, ids.device):
+            y, states = self._forward_padded(ids, ts, lengths, query_timestamps, True, last_only=True, ragged=ragged)
         else:
             y, _, states = self._forward_packed(ids, ts, lengths, query_timestamps, True, last_only=True)
+        last_timestamp = (timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1) if ragged else
+                          timestamps[:, used - 1]).clone()
         state = DecodeState(
             retention=torch.stack([s[0] for s in states]),
             temporal=torch.stack([s[1] for s in states]),
             positional=torch.stack([s[2] for s in states]),
-            last_timestamp=timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1).clone(),
+            last_timestamp=last_timestamp,
             position=lengths.clone(),
         )
         return l2_normalize(y), state

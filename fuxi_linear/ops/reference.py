@@ -250,7 +250,7 @@ class _TokenDecay:
             before = torch.zeros_like(G[..., :1]) if before is None else before
             out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], self.cdt),
                                      _offsets(nc, b.device, self.cdt)[3])
-            out["carry"] = _decay_exp(_as(ends - before, self.cdt))
+            out["carry"] = lambda: _decay_exp(_as(ends - before, self.cdt))  # only a state entering the segment
             out["into"] = _decay_exp(b)
             out["out_of"] = _decay_exp(b[..., -1:] - b)
         return out
@@ -297,7 +297,7 @@ class HeadDecay:
             out["into"] = _decay_exp(gam * steps)[None, :, None]  # (1, H, 1, C)
             out["out_of"] = _decay_exp(gam * (C - steps))[None, :, None]
             out["mix"] = _masked_exp((C * gam[..., None]) * dist_c, keep_c)[None]  # (1, H, nc, nc)
-            out["carry"] = _decay_exp((C * gam) * steps_c)[None]  # (1, H, nc)
+            out["carry"] = lambda: _decay_exp((C * gam) * steps_c)[None]  # (1, H, nc)
         return out
 
     def to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
@@ -323,8 +323,9 @@ class _Segment:
     segment): ``query_in (Bs, H, nc, C, K) = scale q_t exp(b_t)`` reads the state entering each chunk,
     ``key_out (Bs, H, nc, K, C) = (k_s exp(b_C - b_s))^T`` writes the state leaving it, ``mix (Bd, H, nc, nc)
     = exp(Gamma_c - Gamma_c')`` (c' <= c) sums the chunks' own contributions into the state after chunk c,
-    and ``carry (Bd, H, nc) = exp(Gamma_c - Gamma_start)`` decays the state entering the segment
-    (``Gamma_c``: G at the end of chunk c). No decay: ``mix``/``carry`` are None (plain sums).
+    and ``carry() -> (Bd, H, nc) = exp(Gamma_c - Gamma_start)`` decays the state entering the segment (built on
+    demand: most segments have none; ``Gamma_c``: G at the end of chunk c). No decay: ``mix``/``carry`` are None
+    (plain sums).
     """
 
     def __init__(self, start, nc, scores, query_in, key_out, mix, carry):
@@ -339,11 +340,11 @@ class _Segment:
         ends = own.cumsum(2) if self.mix is None else self.mix @ own
         if S_in is not None:
             S_flat = S_in.flatten(-2)[:, :, None]  # (B, H, 1, K*V)
-            ends = ends + (S_flat if self.carry is None else self.carry[..., None] * S_flat)
-            first = S_flat
-        else:
-            first = ends.new_zeros(*ends.shape[:2], 1, K * V)
-        entering = torch.cat([first, ends[:, :, :-1]], dim=2).unflatten(-1, (K, V))
+            ends = ends + (S_flat if self.carry is None else self.carry()[..., None] * S_flat)
+            entering = torch.cat([S_flat, ends[:, :, :-1]], dim=2)
+        else:  # nothing enters the first chunk
+            entering = torch.nn.functional.pad(ends[:, :, :-1], (0, 0, 1, 0))
+        entering = entering.unflatten(-1, (K, V))
         return entering, ends[:, :, -1].unflatten(-1, (K, V))
 
 
