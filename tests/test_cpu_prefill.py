@@ -224,6 +224,7 @@ def test_inference_cache_follows_parameter_updates():
         again, _ = model.prefill(ids, ts, lengths, query)
     assert torch.equal(before, again) and model.blocks[0].positional.__dict__.get("_inference_cache")
     with torch.no_grad():  # in-place updates, as an optimiser step or load_state_dict makes them
+        model.temporal.decay_logits.add_(0.5)
         for block in model.blocks:
             block.retention.decay_logits.add_(0.3)
             block.positional.table.mul_(1.5)

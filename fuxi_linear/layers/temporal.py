@@ -82,10 +82,13 @@ class TemporalEncoding(nn.Module):
         g = self.period_log_decay(gap)
         return torch.cat([g, g], dim=-1)
 
-    def period_log_decay(self, gap: torch.Tensor, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """:meth:`log_decay` once per period (heads m and Ht + m share it): ``(...)`` -> float32 ``(..., Ht)``."""
+    def period_log_decay(self, gap: torch.Tensor, omega: Optional[torch.Tensor] = None,
+                         log_gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`log_decay` once per period (heads m and Ht + m share it): ``(...)`` -> float32 ``(..., Ht)``
+        (``omega``, ``log_gamma = logsigmoid(b)``: when the caller has them already)."""
         scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * (self.omega if omega is None else omega)).float()
-        return (F.logsigmoid(self.decay_logits.float()) * scaled_gap).clamp(min=-self.max_log_decay)
+        log_gamma = F.logsigmoid(self.decay_logits.float()) if log_gamma is None else log_gamma
+        return (log_gamma * scaled_gap).clamp(min=-self.max_log_decay)
 
     def features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor) -> TemporalFeatures:
         """Operands for events at ``t_key`` whose next event (or request) is at ``t_query``.
@@ -123,7 +126,7 @@ class TemporalEncoding(nn.Module):
 
     def prepare(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
                 dtype: torch.dtype, ends: Optional[torch.Tensor] = None, all_outputs: bool = True,
-                last_outputs: bool = False, final_state: bool = False) -> TemporalFeatures:
+                last_outputs: bool = False, final_state: bool = False, ragged: bool = True) -> TemporalFeatures:
         """The CPU path's features of padded histories (arguments as :meth:`forward`): only a
         :class:`PairedHeadsPlan` for values of ``dtype`` (``q, k, g`` are None).
 
@@ -132,20 +135,24 @@ class TemporalEncoding(nn.Module):
         (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. The arithmetic of
         the phases and decays is :meth:`features`'s, once per time (an event's query time is the next key time). ``ends`` (lengths where final
         states and last outputs are taken, None: all T) and the flags as in
-        :func:`fuxi_linear.ops.reference.prepare_decay_attention`.
+        :func:`fuxi_linear.ops.reference.prepare_decay_attention`; ``ragged=False`` promises that every history
+        fills the T columns.
         """
         T = timestamps.shape[1]
-        valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
+        if ragged:  # entries past a user's length take the request time (zero gaps)
+            valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
+            timestamps = torch.where(valid, timestamps, query_timestamps[:, None])
         # times of the events and of the request after the last one, (B, T + 1): event i's key time is column i,
         # its query time column i + 1; the gap before column i is column i of the differences (0 before the first)
-        times = torch.cat([torch.where(valid, timestamps, query_timestamps[:, None]), query_timestamps[:, None]], 1)
+        times = torch.cat([timestamps, query_timestamps[:, None]], 1)
         gaps = torch.diff(times, dim=1, prepend=times[:, :1])
         cdt = compute_dtype(dtype)
-        omega = self.omega
+        omega, log_gamma = inference_cache(self, "rates", (self.periods, self.decay_logits), (),
+                                           lambda: (self.omega, F.logsigmoid(self.decay_logits.float())))
         theta = self.phases(times, omega)  # (B, T + 1, Ht) float64
         # float32 operands as in :meth:`features` (decode must see the same numbers), then the compute dtype
         cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
-        log_decay = self.period_log_decay(gaps, omega)  # (B, T + 1, Ht) float32: [:, :T] per event, [:, 1:] to next
+        log_decay = self.period_log_decay(gaps, omega, log_gamma)  # (B, T + 1, Ht): [:, :T] per event, [:, 1:] to next
         key = cast(torch.stack([cos[:, :T], sin[:, :T]], -1), cdt)  # (B, T, Ht, 2): (cos, sin) of the key phase
         decay = prepare_decay_attention(None, None, g=log_decay[:, :T], lengths=ends, all_outputs=all_outputs,
                                         last_outputs=last_outputs, final_state=final_state, dtype=cdt,

@@ -332,9 +332,9 @@ class _Segment:
         self.start, self.nc = start, nc
         self.scores, self.query_in, self.key_out, self.mix, self.carry = scores, query_in, key_out, mix, carry
 
-    def states(self, vc: torch.Tensor, S_in: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def states(self, vc: torch.Tensor, S_in: Optional[torch.Tensor], carry: bool = True):
         """For chunked values ``vc (B, H, nc, C, V)``: the states entering each chunk ``(B, H, nc, K, V)`` and
-        the state after the segment ``(B, H, K, V)``."""
+        the state after the segment ``(B, H, K, V)`` (None unless ``carry``)."""
         K, V = self.key_out.shape[-2], vc.shape[-1]
         own = (self.key_out @ vc).flatten(-2)  # (B, H, nc, K*V): each chunk's contribution at its end
         ends = own.cumsum(2) if self.mix is None else self.mix @ own
@@ -345,7 +345,7 @@ class _Segment:
         else:  # nothing enters the first chunk
             entering = torch.nn.functional.pad(ends[:, :, :-1], (0, 0, 1, 0))
         entering = entering.unflatten(-1, (K, V))
-        return entering, ends[:, :, -1].unflatten(-1, (K, V))
+        return entering, (ends[:, :, -1].unflatten(-1, (K, V)) if carry else None)
 
 
 class DecayAttentionPlan:
@@ -400,6 +400,7 @@ class DecayAttentionPlan:
                 raise ValueError("this DecayAttentionPlan was prepared without all_outputs")
             C = self.C
             pieces, carry = [], h0
+            last_segment = self.segments[-1]
             for seg in self.segments:
                 stop = min(T, seg.start + seg.nc * C)
                 vs = vh[:, :, seg.start:stop] if (seg.start, stop) != (0, T) else vh
@@ -407,7 +408,7 @@ class DecayAttentionPlan:
                 vc = (torch.nn.functional.pad(vs, (0, 0, 0, pad)) if pad else vs).unflatten(2, (seg.nc, C))
                 o = seg.scores @ vc  # (B, H, nc, C, V)
                 if seg.query_in is not None:
-                    entering, carry = seg.states(vc, carry)
+                    entering, carry = seg.states(vc, carry, seg is not last_segment)
                     # K = 1 (q = k = 1): an outer product, cheaper as a broadcast than as a matmul
                     o = o + (seg.query_in * entering if seg.query_in.shape[-1] == 1 else seg.query_in @ entering)
                 pieces.append(o.flatten(2, 3))
