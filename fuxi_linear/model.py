@@ -76,7 +76,8 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         elif uses_plan(self.config.backend, dev):  # the temporal operands are the same in every block: once
             feats = self.temporal.prepare(timestamps, lengths, query_timestamps, x.dtype, ends=ends,
                                           all_outputs=not last_only or n > 1, last_outputs=last_only,
-                                          final_state=output_final_state, ragged=ragged is not False)
+                                          final_state=output_final_state, ragged=ragged is not False,
+                                          head_width=self.config.embedding_dim // (2 * self.temporal.num_periods))
         else:
             feats = self.temporal(timestamps, lengths, query_timestamps)
         states = []

@@ -50,11 +50,11 @@ class RetentionChannel(nn.Module):
         T = k.shape[1]
         if uses_plan(backend, v.device, cu_seqlens):  # the decay factors depend on the parameters and T only
             cdt = compute_dtype(v.dtype)
-            d, decay = inference_cache(self, "decay", (self.decay_logits,), (T, cdt, v.device),
-                                       lambda: self._decays(T, cdt))
+            d, decay = inference_cache(self, "decay", (self.decay_logits,), (T, q.shape[-1], cdt, v.device),
+                                       lambda: self._decays(T, q.shape[-1], cdt))
         else:
-            d, decay = self._decays(T, None)
-        q = q * (d if d.dtype == q.dtype else d.to(q.dtype)).unsqueeze(-1)
+            d, decay = self._decays(T, q.shape[-1], None)
+        q = q * cast(d, q.dtype)
         if q.dim() == 3:  # last-token queries: the output is q . S with S the final state
             k = cast(k, cdt)
             plan = prepare_decay_attention(k, k, g_gamma=decay, lengths=lengths, all_outputs=False,
@@ -65,11 +65,14 @@ class RetentionChannel(nn.Module):
         return prefill_decay_attention(q, k, v, g_gamma=decay, lengths=lengths, cu_seqlens=cu_seqlens,
                                        output_final_state=output_final_state, outputs=outputs, backend=backend)
 
-    def _decays(self, T: int, cdt: Optional[torch.dtype]):
-        """Per-step decay ``d = exp(-r) (H,)`` and the log-decay ``-r``: as a :class:`HeadDecay` over T tokens for
-        the CPU path (compute dtype ``cdt``), as a tensor otherwise (``cdt`` None)."""
+    def _decays(self, T: int, K: int, cdt: Optional[torch.dtype]):
+        """Per-step decay ``d = exp(-r)`` (repeated over the key width: ``(H, K)``) and the log-decay ``-r``: as a
+        :class:`HeadDecay` over T tokens for the CPU path (compute dtype ``cdt``), as a tensor otherwise (``cdt``
+        None)."""
         log_decay = -self.rates()
-        return torch.exp(log_decay), (log_decay if cdt is None else HeadDecay(log_decay, T, cdt))
+        # d repeated over the key width K, (H, K): broadcasting a (H, 1) factor is several times slower on a CPU
+        d = torch.exp(log_decay).unsqueeze(-1).repeat(1, K)
+        return d, (log_decay if cdt is None else HeadDecay(log_decay, T, cdt))
 
     def step(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto"

@@ -126,7 +126,8 @@ class TemporalEncoding(nn.Module):
 
     def prepare(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
                 dtype: torch.dtype, ends: Optional[torch.Tensor] = None, all_outputs: bool = True,
-                last_outputs: bool = False, final_state: bool = False, ragged: bool = True) -> TemporalFeatures:
+                last_outputs: bool = False, final_state: bool = False, ragged: bool = True,
+                head_width: int = 1) -> TemporalFeatures:
         """The CPU path's features of padded histories (arguments as :meth:`forward`): only a
         :class:`PairedHeadsPlan` for values of ``dtype`` (``q, k, g`` are None).
 
@@ -136,7 +137,7 @@ class TemporalEncoding(nn.Module):
         the phases and decays is :meth:`features`'s, once per time (an event's query time is the next key time). ``ends`` (lengths where final
         states and last outputs are taken, None: all T) and the flags as in
         :func:`fuxi_linear.ops.reference.prepare_decay_attention`; ``ragged=False`` promises that every history
-        fills the T columns.
+        fills the T columns. ``head_width``: the value width of a temporal head, D / 2Ht.
         """
         T = timestamps.shape[1]
         if ragged:  # entries past a user's length take the request time (zero gaps)
@@ -161,14 +162,14 @@ class TemporalEncoding(nn.Module):
         # cos(theta_q - theta_k), with the inclusive decay to the next event
         cos_q, sin_q = cos[:, 1:], sin[:, 1:]
         query = torch.stack([sin_q, cos_q, -cos_q, sin_q], -1) * torch.exp(log_decay[:, 1:]).unsqueeze(-1)
-        query = cast(query, cdt).unflatten(-1, (2, 2))
-        head_major = query.transpose(1, 2).unsqueeze(-1)  # (B, Ht, T, 2, 2, 1)
-        last = last_tokens(query, ends).unsqueeze(-1) if last_outputs else None  # (B, Ht, 2, 2, 1)
+        query = cast(query, cdt)
+        # repeated over the value width, so the products with the state-valued sums are between equal shapes
+        # (a CPU is several times slower at broadcasting over a tiny innermost dimension)
         plan = PairedHeadsPlan(
-            decay=decay, key=key.transpose(1, 2).unsqueeze(-1),  # (B, Ht, T, 2, 1)
+            decay=decay, key=key.transpose(1, 2),  # (B, Ht, T, 2)
             final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
-            query=(head_major.select(-3, 0), head_major.select(-3, 1)) if all_outputs else None,
-            last_query=(last.select(-3, 0), last.select(-3, 1)) if last_outputs else None,
+            query=query.transpose(1, 2).repeat_interleave(head_width, dim=-1) if all_outputs else None,
+            last_query=last_tokens(query, ends).repeat_interleave(head_width, dim=-1) if last_outputs else None,
         )
         return TemporalFeatures(q=None, k=None, g=None, plan=plan)
 
@@ -177,28 +178,26 @@ class TemporalEncoding(nn.Module):
 class PairedHeadsPlan:
     """The temporal channel's operands for the CPU path, prepared once per forward (:meth:`TemporalEncoding.prepare`).
 
-    ``decay``: the decayed sum over the Ht periods (q = k = 1); ``key (B, Ht, T, 2, 1)``: the key shared by heads
+    ``decay``: the decayed sum over the Ht periods (q = k = 1); ``key (B, Ht, T, 2)``: the key shared by heads
     m and Ht + m; ``final_key (B, Ht x 2, T)``: the key times its decay to each user's last event (the final
-    state from the block's inputs, for ``outputs="last"``); ``query`` / ``last_query``: each pair's two queries,
-    as one tensor per key dimension ``(B, Ht, T, 2 heads, 1)`` / ``(B, Ht, 2 heads, 1)``, at every event / at
-    each user's last event. Head-major (Ht before T), the layout the operator computes in.
+    state from the block's inputs, for ``outputs="last"``); ``query (B, Ht, T, 2 x 2 x w)`` / ``last_query
+    (B, Ht, 2 x 2 x w)``: each pair's queries (key dim, head of the pair) repeated over the value width w, at
+    every event / at each user's last event. Head-major (Ht before T), the layout the operator computes in.
     """
 
     decay: DecayAttentionPlan
     key: torch.Tensor
     final_key: Optional[torch.Tensor]
-    query: Optional[Tuple[torch.Tensor, torch.Tensor]]
-    last_query: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    query: Optional[torch.Tensor]
+    last_query: Optional[torch.Tensor]
 
 
-def _pair_outputs(query: Tuple[torch.Tensor, torch.Tensor], Z: torch.Tensor, head_major: bool = False) -> torch.Tensor:
-    """Each head's output from its pair's state-valued sum ``Z (..., Ht, [T,] 2 (key dim), 2 heads, w)`` and the
-    pair queries of :class:`PairedHeadsPlan` -> ``(..., [T,] 2Ht, w)`` (head r Ht + m at index r Ht + m)."""
-    q0, q1 = query
-    o = torch.addcmul(q0 * Z.select(-3, 0), q1, Z.select(-3, 1))  # (..., Ht, [T,] 2 heads, w)
-    if head_major:  # (B, Ht, T, 2, w) -> (B, T, 2, Ht, w)
-        return o.permute(0, 2, 3, 1, 4).flatten(2, 3)
-    return o.transpose(-3, -2).flatten(-3, -2)
+def _pair_outputs(query: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """Each head's output ``sum_k q[k, r] Z[k, r, :]`` from its pair's state-valued sum ``Z (..., 2 x 2 x w)``
+    (key dim, head of the pair, value) and the repeated queries of :class:`PairedHeadsPlan` -> ``(..., 2 x w)``."""
+    P = query * Z
+    half = P.shape[-1] // 2
+    return P[..., :half] + P[..., half:]
 
 
 class TemporalRetentionChannel(nn.Module):
@@ -226,9 +225,13 @@ class TemporalRetentionChannel(nn.Module):
         return F.linear(x_hat, self.proj_v.weight).unflatten(-1, (self.num_heads, -1))
 
     def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        alpha, beta = self.alpha.unsqueeze(-1), self.beta.unsqueeze(-1)
-        if o.dtype == v.dtype == alpha.dtype:
+        """``alpha_h o_h + beta_h v_h`` for ``o, v (..., 2Ht, w)``, flattened to ``(..., D)``."""
+        if o.dtype == v.dtype == self.alpha.dtype:
+            # alpha, beta repeated over w: a CPU is several times slower at broadcasting a (2Ht, 1) weight
+            alpha, beta = inference_cache(self, "augment", (self.alpha, self.beta), (v.shape[-1],), lambda: (
+                self.alpha.unsqueeze(-1).repeat(1, v.shape[-1]), self.beta.unsqueeze(-1).repeat(1, v.shape[-1])))
             return torch.addcmul(beta * v, alpha, o).flatten(-2)
+        alpha, beta = self.alpha.unsqueeze(-1), self.beta.unsqueeze(-1)
         return (alpha.to(o.dtype) * o + beta.to(v.dtype) * v).flatten(-2)
 
     def forward(
@@ -264,13 +267,14 @@ class TemporalRetentionChannel(nn.Module):
         Ht, w = self.num_heads // 2, v.shape[-1]
         B, T = v.shape[:2]
         plan = feats.plan
-        pairs = v.unflatten(2, (2, Ht)).permute(0, 3, 1, 2, 4).reshape(B, Ht, T, 1, 2 * w)  # [v_m, v_Ht+m]
-        U = (plan.key * pairs).flatten(-2)  # (B, Ht, T, 2 x 2 x w), compute dtype, head-major
+        pairs = v.unflatten(2, (2, Ht)).permute(0, 3, 1, 2, 4).reshape(B, Ht, T, 2 * w)  # [v_m, v_Ht+m]
+        k = plan.key
+        U = torch.cat([k[..., :1] * pairs, k[..., 1:] * pairs], dim=-1)  # (B, Ht, T, 2 x 2 x w): k (x) pair
         Z, S = plan.decay.apply(U, output_final_state=output_final_state, outputs=outputs, head_major=True)
-        if outputs == "all":  # (B, Ht, T, 2, 2, w) -> (B, T, 2Ht, w)
-            o = _pair_outputs(plan.query, Z.unflatten(-1, (2, 2, w)), head_major=True)
+        if outputs == "all":  # (B, Ht, T, 2 heads, w) -> (B, T, 2Ht, w)
+            o = _pair_outputs(plan.query, Z).unflatten(-1, (2, w)).permute(0, 2, 3, 1, 4).flatten(2, 3)
         else:
-            o = _pair_outputs(plan.last_query, Z.unflatten(-1, (2, 2, w)))
+            o = _pair_outputs(plan.last_query, Z).unflatten(-1, (2, w)).transpose(1, 2).flatten(1, 2)
         if S is not None:  # (B, Ht, 1, 2 x 2 x w) -> per head (B, 2Ht, 2, w)
             S = S.squeeze(2).unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2)
         return (o if o.dtype == v.dtype else o.to(v.dtype)), S
@@ -285,11 +289,12 @@ class TemporalRetentionChannel(nn.Module):
         Zx = (plan.final_key @ cast(x_hat, cdt)).unflatten(1, (Ht, 2))  # (B, Ht, 2, D)
         W = inference_cache(self, "pair_weights", (self.proj_v.weight,), (cdt,), lambda: cast(
             self.proj_v.weight, cdt).view(2, Ht, w, D).permute(1, 3, 0, 2).reshape(Ht, D, 2 * w))
-        Z = (Zx @ W).unflatten(-1, (2, w))  # (B, Ht, 2 (key dim), 2 heads, w): state = output at the last event
-        o = _pair_outputs(plan.last_query, Z)
-        v_last = self._values(last_tokens(x_hat, lengths))  # (B, 2Ht, w)
-        y = self._augment(o.to(v_last.dtype), v_last)
-        return y, (Z.permute(0, 3, 1, 2, 4).flatten(1, 2) if output_final_state else None)
+        Z = (Zx @ W).flatten(-2)  # (B, Ht, 2 (key dim) x 2 heads x w): the state is the output at the last event
+        o = _pair_outputs(plan.last_query, Z).unflatten(-1, (2, w)).transpose(1, 2).flatten(1, 2)  # (B, 2Ht, w)
+        v_last = self._values(last_tokens(x_hat, lengths))
+        y = self._augment(cast(o, v_last.dtype), v_last)
+        state = Z.unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2) if output_final_state else None
+        return y, state
 
     def step(self, x_hat: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor, backend: str = "auto"):
         """``x_hat: (N, D)``, features ``(N, 2Ht, ...)``; advances ``state`` in place; returns ``y: (N, D)``."""
