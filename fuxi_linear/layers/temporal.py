@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import decay_attention_step
-from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention
+from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, repeat_last
 from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
 
 
@@ -168,8 +168,8 @@ class TemporalEncoding(nn.Module):
         plan = PairedHeadsPlan(
             decay=decay, key=key.transpose(1, 2),  # (B, Ht, T, 2)
             final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
-            query=query.transpose(1, 2).repeat_interleave(head_width, dim=-1) if all_outputs else None,
-            last_query=last_tokens(query, ends).repeat_interleave(head_width, dim=-1) if last_outputs else None,
+            query=repeat_last(query, head_width).transpose(1, 2).contiguous() if all_outputs else None,
+            last_query=repeat_last(last_tokens(query, ends), head_width) if last_outputs else None,
         )
         return TemporalFeatures(q=None, k=None, g=None, plan=plan)
 

@@ -7,6 +7,7 @@ them again (the public operator, :func:`chunk_decay_attention`, does).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -62,6 +63,20 @@ def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tenso
     value = build()
     cache[name] = (stamp, value)
     return value
+
+
+def repeat_last(x: torch.Tensor, times: int) -> torch.Tensor:
+    """``x.repeat_interleave(times, dim=-1)``. On a CPU as a product with a 0/1 matrix, which is exact (each
+    output is one input times 1 plus zeros) and several times faster than the strided copy."""
+    if x.device.type != "cpu" or not x.is_floating_point():
+        return x.repeat_interleave(times, dim=-1)
+    return x @ _repeat_matrix(x.shape[-1], times, x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _repeat_matrix(n: int, times: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, n times)`` 0/1 matrix that repeats each of n columns ``times`` times (CPU, read-only)."""
+    return torch.eye(n, dtype=dtype).repeat_interleave(times, dim=1)
 
 
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -121,4 +136,4 @@ def prefill_decay_attention(
     return o, state
 
 
-__all__ = ["inference_cache", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]
+__all__ = ["inference_cache", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]

@@ -487,7 +487,8 @@ def prepare_decay_attention(
         if kh is None:
             final_key = (weights if weights is not None else torch.ones(1, H, T, dtype=cdt, device=dev)).unsqueeze(-2)
         else:
-            final_key = (kh if weights is None else kh * weights[..., None]).transpose(-1, -2)
+            # transposed before the product: the key comes out (.., K, T) contiguous, as the matmul reads it
+            final_key = kh.transpose(-1, -2) if weights is None else kh.transpose(-1, -2) * weights.unsqueeze(-2)
         if last_outputs:
             if qh is None:
                 last_query = torch.ones(1, H, 1, dtype=cdt, device=dev)
