@@ -58,7 +58,7 @@ def test_plan_matches_recurrence_at_chunk_boundaries(shape, T):
         assert (o - o_ref).abs().max() < 1e-10 and (s - s_ref).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("T", [15, 16, 17, 63, 64, 65])
+@pytest.mark.parametrize("T", BOUNDARIES)
 def test_ragged_final_states_and_last_outputs(T):
     """Right-padded rows: the state and the output at each row's last token, with no packing."""
     H, K, V = 2, 3, 4
@@ -89,7 +89,7 @@ def test_segments_carry_the_state(monkeypatch):
 
 
 @pytest.mark.parametrize("decay", ["g", "g_gamma"])
-@pytest.mark.parametrize("T", [15, 17, 65])
+@pytest.mark.parametrize("T", [BOUNDARIES[0], BOUNDARIES[2], BOUNDARIES[-1]])
 def test_plan_gradients_match_recurrence(decay, T):
     H, K, V = 2, 3, 4
     q, k, v, kw = _operands(2, T, H, K, V, decay, seed=T, strong=True)
@@ -121,7 +121,8 @@ def test_decayed_sum_without_q_k():
 
 # ---------------------------------------------------------------------------------------------- the model
 def _bench_sized_model(dtype=F64):
-    """The CPU bench's head sizes (retention K x V = 256 and positional 32 x 64: C = 64; temporal pairs: C = 16)."""
+    """The CPU bench's head sizes (retention K x V = 256 and positional 32 x 64: the wide chunk; temporal pairs,
+    K x V = 16: the small one)."""
     torch.manual_seed(0)
     cfg = FuXiLinearConfig(num_items=50, max_seq_len=80, embedding_dim=64, num_blocks=2, num_heads=4, qk_dim=16,
                            dropout=0.0)
@@ -153,7 +154,7 @@ def oracle(monkeypatch):
 
 def test_model_prefill_and_encode_match_the_recurrence_at_chunk_boundaries(oracle):
     model = _bench_sized_model()
-    lengths = torch.tensor([15, 16, 17, 63, 64, 65, 1])
+    lengths = torch.tensor(BOUNDARIES + [1])
     ids, ts, _, ts_ext = random_histories(model.config.num_items, lengths, seed=3)
     ts_ext[2, 5:] += 10 ** 6  # a long break: decays at their clamp
     query = ts_ext[torch.arange(len(lengths)), lengths]
@@ -163,10 +164,12 @@ def test_model_prefill_and_encode_match_the_recurrence_at_chunk_boundaries(oracl
         user_ref, state_ref = oracle(lambda: model.prefill(ids, ts, lengths, query))
         users_ref = oracle(lambda: model.encode(ids, ts, lengths, query))
         # every row full: the batch is not ragged (no lengths at all on the CPU path)
-        full = torch.full((3,), 64)
-        user_full, state_full = model.prefill(ids[3:6, :64], ts[3:6, :64], full, ts[3:6, 64].contiguous())
-        user_full_ref, state_full_ref = oracle(lambda: model.prefill(ids[3:6, :64], ts[3:6, :64], full,
-                                                                     ts[3:6, 64].contiguous()))
+        n = max(BOUNDARIES) - 1
+        rows = lengths > n
+        full = torch.full((int(rows.sum()),), n)
+        args = (ids[rows, :n], ts[rows, :n], full, ts[rows, n].contiguous())
+        user_full, state_full = model.prefill(*args)
+        user_full_ref, state_full_ref = oracle(lambda: model.prefill(*args))
     assert (users - users_ref).abs().max() < 1e-10 and (user - user_ref).abs().max() < 1e-10
     assert (user_full - user_full_ref).abs().max() < 1e-10
     for a, b in zip(state.tensors(), state_ref.tensors()):
@@ -177,7 +180,7 @@ def test_model_prefill_and_encode_match_the_recurrence_at_chunk_boundaries(oracl
 
 def test_model_gradients_match_the_recurrence(oracle):
     model = _bench_sized_model()
-    lengths = torch.tensor([17, 65, 9])
+    lengths = torch.tensor([BOUNDARIES[2], BOUNDARIES[-1], 9])
     ids, ts, _, ts_ext = random_histories(model.config.num_items, lengths, seed=4)
     query = ts_ext[torch.arange(3), lengths]
     targets = torch.tensor([3, 4, 5])

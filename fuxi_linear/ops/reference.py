@@ -165,7 +165,7 @@ def parallel_decay_attention(
 #: chunk costs C x C score entries per token and head against K x V state entries, so heads with a small state
 #: want short chunks and wide heads longer ones. A sequence no longer than its chunk is computed in the
 #: parallel form (one masked T x T score matrix per head, no chunk states).
-SMALL_STATE_CHUNK = 16
+SMALL_STATE_CHUNK = 32
 WIDE_STATE_CHUNK = 64
 #: Chunks are computed in batched segments whose score tensor stays below this many elements (a few MiB:
 #: cache-sized on a CPU) and that hold at most :data:`MAX_SEGMENT_CHUNKS` chunks; segments run one after
