@@ -237,20 +237,22 @@ class _TokenDecay:
         if nc * C > stop - start:
             Gs = torch.nn.functional.pad(Gs, (0, nc * C - (stop - start)), mode="replicate")
         Gc = Gs.unflatten(-1, (nc, C))  # (Bd, H, nc, C)
+        before = G[..., start - 1:start] if start > 0 else None  # G before the segment (None: 0)
         if nc == 1 and start == 0:
             b = _as(Gc, self.cdt)
-            before = None
-        else:
-            before = G[..., start - 1:start] if start > 0 else torch.zeros_like(G[..., :1])  # G before the segment
-            chunk_start = torch.cat([before, Gc[..., :-1, -1]], dim=-1) if nc > 1 else before  # (Bd, H, nc)
-            b = _as(Gc - chunk_start[..., None], self.cdt)  # chunk-local cumulative log-decay
+        else:  # G before each chunk, subtracted: the chunk-local cumulative log-decay
+            if before is None:
+                chunk_start = torch.nn.functional.pad(Gc[..., :-1, -1], (1, 0))
+            else:
+                chunk_start = torch.cat([before, Gc[..., :-1, -1]], dim=-1) if nc > 1 else before  # (Bd, H, nc)
+            b = _as(Gc - chunk_start.unsqueeze(-1), self.cdt)
         out = {"intra": _masked_exp(b[..., :, None] - b[..., None, :], _offsets(C, b.device, self.cdt)[3])}
         if with_states:
             ends = Gc[..., -1]  # Gamma_c
-            before = torch.zeros_like(G[..., :1]) if before is None else before
             out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], self.cdt),
                                      _offsets(nc, b.device, self.cdt)[3])
-            out["carry"] = lambda: _decay_exp(_as(ends - before, self.cdt))  # only a state entering the segment
+            # only for a state entering the segment
+            out["carry"] = lambda: _decay_exp(_as(ends if before is None else ends - before, self.cdt))
             out["into"] = _decay_exp(b)
             out["out_of"] = _decay_exp(b[..., -1:] - b)
         return out
