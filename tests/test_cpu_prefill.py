@@ -242,3 +242,21 @@ def test_inference_cache_follows_parameter_updates():
     assert (after - fresh).abs().max() < 1e-12 and (inside - fresh).abs().max() < 1e-12
     for a, b in zip(state.tensors(), fresh_state.tensors()):
         assert (a - b).abs().max() < 1e-12
+
+
+def test_training_after_inference_calls():
+    """Operands cached during an inference call (index tensors, parameter-derived ones) never reach autograd."""
+    from fuxi_linear.ops import prefill as prefill_ops
+
+    for cached in (reference._offsets, reference._steps_to_end, prefill_ops._repeat_matrix):
+        cached.cache_clear()
+    model = _bench_sized_model(torch.float32)
+    lengths = torch.tensor([70, 33])
+    ids, ts, _, ts_ext = random_histories(model.config.num_items, lengths, seed=8)
+    query = ts_ext[torch.arange(2), lengths]
+    with torch.inference_mode():
+        model.prefill(ids, ts, lengths, query)
+        model.encode(ids, ts, lengths, query)
+    model.train()
+    model.loss(ids, ts, lengths, query, target_ids=torch.tensor([1, 2])).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -75,8 +75,10 @@ def repeat_last(x: torch.Tensor, times: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _repeat_matrix(n: int, times: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(n, n times)`` 0/1 matrix that repeats each of n columns ``times`` times (CPU, read-only)."""
-    return torch.eye(n, dtype=dtype).repeat_interleave(times, dim=1)
+    """``(n, n times)`` 0/1 matrix that repeats each of n columns ``times`` times (CPU, read-only; a normal
+    tensor whichever mode the first call ran in, so autograd can use it)."""
+    with torch.inference_mode(False):
+        return torch.eye(n, dtype=dtype).repeat_interleave(times, dim=1)
 
 
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

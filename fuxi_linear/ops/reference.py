@@ -188,16 +188,19 @@ def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _offsets(n: int, device: torch.device, dtype: torch.dtype):
     """Cached index tensors for a chunk (or a segment's chunks) of n positions, read-only and shared by every
     call: ``above (n, n)`` bool (s > t: masked), ``dist (n, n)`` = t - s, ``steps (n,)`` = 1..n and the causal
-    mask as 0/1 ``ones (n, n)`` in ``dtype``."""
-    above = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
-    idx = torch.arange(n, device=device, dtype=dtype)
-    return above, idx[:, None] - idx[None, :], idx + 1, (~above).to(dtype)
+    mask as 0/1 ``ones (n, n)`` in ``dtype``. Always normal tensors (never inference tensors, which autograd
+    could not save), whichever mode the first call ran in."""
+    with torch.inference_mode(False):
+        above = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+        idx = torch.arange(n, device=device, dtype=dtype)
+        return above, idx[:, None] - idx[None, :], idx + 1, (~above).to(dtype)
 
 
 @functools.lru_cache(maxsize=64)
 def _steps_to_end(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Cached ``n - 1 - s`` for s = 0..n-1 (``dtype``, read-only)."""
-    return torch.arange(n - 1, -1, -1, device=device, dtype=dtype)
+    """Cached ``n - 1 - s`` for s = 0..n-1 (``dtype``, read-only; a normal tensor, as :func:`_offsets`)."""
+    with torch.inference_mode(False):
+        return torch.arange(n - 1, -1, -1, device=device, dtype=dtype)
 
 
 #: Log-decays below this are clamped before exp: exp(-80) ~ 2e-35 is already nothing next to float32 rounding,
