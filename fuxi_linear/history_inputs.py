@@ -41,10 +41,17 @@ def check_timestamps(name: str, timestamps: object, shape: tuple, shape_doc: str
     return x
 
 
-def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: int, max_positions: int) -> None:
+def _value_ranges(*tensors: torch.Tensor) -> list:
+    """``[min, max]`` of each non-empty int tensor as Python ints, with one device read for all of them."""
+    return torch.stack([v for x in tensors for v in torch.aminmax(x)]).tolist()
+
+
+def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: int, max_positions: int) -> tuple:
     """Padded histories: ``item_ids (B, T)``, ``timestamps (B, T)`` int64, ``lengths (B,)`` in [1, T],
-    ``query_timestamps (B,)`` int64; T at most ``max_positions``."""
-    check_item_ids("item_ids", item_ids, 2, num_items, "(B, T)")
+    ``query_timestamps (B,)`` int64; T at most ``max_positions``. Returns the shortest and the longest length."""
+    x = _tensor("item_ids", item_ids, 2, "(B, T)")
+    if x.dtype not in INT_DTYPES:
+        raise TypeError(f"item_ids must be an int64 (or int32) tensor, got {x.dtype}")
     B, T = item_ids.shape
     if B == 0 or T == 0:
         raise ValueError(f"item_ids must be non-empty (B, T), got {tuple(item_ids.shape)}")
@@ -55,16 +62,20 @@ def check_history(item_ids, timestamps, lengths, query_timestamps, num_items: in
         raise TypeError(f"lengths must be an int64 (or int32) tensor, got {lengths.dtype}")
     if tuple(lengths.shape) != (B,):
         raise ValueError(f"lengths must have shape (B,)=({B},), got {tuple(lengths.shape)}")
-    if int(lengths.min()) < 1 or int(lengths.max()) > T:
-        raise ValueError(f"lengths must lie in [1, T={T}], got values in [{int(lengths.min())}, {int(lengths.max())}]")
-    if int(lengths.max()) > max_positions:
-        raise ValueError(
-            f"histories of {int(lengths.max())} events exceed the model's position tables ({max_positions} positions); "
-            f"truncate to the most recent events or build the model with a larger max_seq_len"
-        )
     devices = {t.device for t in (item_ids, timestamps, lengths, query_timestamps)}
     if len(devices) != 1:
         raise ValueError(f"item_ids, timestamps, lengths and query_timestamps must be on one device, got {devices}")
+    lo, hi, shortest, longest = _value_ranges(item_ids, lengths)
+    if lo < 0 or hi > num_items:
+        raise ValueError(f"item_ids must lie in [0, num_items={num_items}] (0 = padding), got values in [{lo}, {hi}]")
+    if shortest < 1 or longest > T:
+        raise ValueError(f"lengths must lie in [1, T={T}], got values in [{shortest}, {longest}]")
+    if longest > max_positions:
+        raise ValueError(
+            f"histories of {longest} events exceed the model's position tables ({max_positions} positions); "
+            f"truncate to the most recent events or build the model with a larger max_seq_len"
+        )
+    return shortest, longest
 
 
 def check_step_events(item_ids, timestamps, query_timestamps, num_users: int, num_items: int, holder: str,

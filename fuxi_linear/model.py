@@ -15,6 +15,7 @@ from .history_inputs import check_history, check_step_events
 from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
+from .ops.prefill import cast, uses_plan
 from .retrieval import SequentialRetrievalMixin, l2_normalize
 
 
@@ -44,40 +45,71 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         )
 
     # ------------------------------------------------------------------ inputs
-    def _check(self, item_ids, timestamps, lengths, query_timestamps) -> None:
-        check_history(item_ids, timestamps, lengths, query_timestamps, self.config.num_items,
-                      self.config.max_positions)
+    def _check(self, item_ids, timestamps, lengths, query_timestamps) -> Tuple[int, int]:
+        """Validates a batch of histories; returns the shortest and the longest length (columns past the longest
+        are padding everywhere)."""
+        return check_history(item_ids, timestamps, lengths, query_timestamps, self.config.num_items,
+                             self.config.max_positions)
 
     # ------------------------------------------------------------------ full histories
-    def _forward_padded(self, item_ids, timestamps, lengths, query_timestamps) -> torch.Tensor:
-        T = item_ids.shape[1]
-        positions = torch.arange(T, device=item_ids.device)
-        x = self._embed(item_ids, positions[None, :])
-        feats = self.temporal(timestamps, lengths, query_timestamps)
-        for block in self.blocks:
-            x, _ = self._block(block, x, feats, None, None, False)
-        return x
+    def _forward_padded(self, item_ids, timestamps, lengths, query_timestamps, output_final_state: bool = False,
+                        last_only: bool = False, ragged: Optional[bool] = None):
+        """Right-padded histories ``(B, T)`` through the blocks; returns ``(x, per-block channel states or None)``
+        with ``x (B, T, D)``, or ``(B, D)`` at each user's last event when ``last_only`` (the last block then
+        gates and mixes only those rows).
 
-    def _forward_packed(self, item_ids, timestamps, lengths, query_timestamps, output_final_state: bool):
+        Final states and last events are taken at ``lengths - 1``; a batch whose histories all fill the T
+        columns (``ragged`` False; None: find out) passes no lengths at all. The histories are never packed: on the CPU path each channel takes its
+        state at the right event directly, so ragged batches are exact too (the Triton backend packs ragged
+        batches instead, :meth:`_forward_packed`).
+        """
+        B, T = item_ids.shape
+        dev = item_ids.device
+        x = self._embed(item_ids, torch.arange(T, device=dev)[None, :])
+        if not output_final_state and not last_only:
+            ends = None
+        elif ragged is None:
+            ends = None if bool((lengths == T).all()) else lengths
+        else:
+            ends = lengths if ragged else None
+        n = len(self.blocks)
+        if not self.config.use_temporal:
+            feats = None
+        elif uses_plan(self.config.backend, dev):  # the temporal operands are the same in every block: once
+            feats = self.temporal.prepare(timestamps, lengths, query_timestamps, x.dtype, ends=ends,
+                                          all_outputs=not last_only or n > 1, last_outputs=last_only,
+                                          final_state=output_final_state, ragged=ragged is not False,
+                                          head_width=self.config.embedding_dim // (2 * self.temporal.num_periods))
+        else:
+            feats = self.temporal(timestamps, lengths, query_timestamps)
+        states = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, feats, lengths=ends, output_final_state=output_final_state,
+                         outputs="last" if last_only and i == n - 1 else "all", backend=self.config.backend)
+            states.append(s)
+        return x, (states if output_final_state else None)
+
+    def _forward_packed(self, item_ids, timestamps, lengths, query_timestamps, output_final_state: bool,
+                        last_only: bool = False):
         """Runs the valid events only, packed as one sequence with ``cu_seqlens``; returns
-        ``(y: (total, D), valid mask (B, T), per-block channel states or None)``."""
+        ``(y: (total, D) — (B, D) at each user's last event when last_only —, valid mask (B, T), per-block
+        channel states or None)``."""
         B, T = item_ids.shape
         dev = item_ids.device
         valid = torch.arange(T, device=dev)[None, :] < lengths[:, None]
         positions = torch.arange(T, device=dev)[None, :].expand(B, T)[valid][None, :]  # (1, total)
         cu_seqlens = F.pad(torch.cumsum(lengths.long(), 0), (1, 0))
         x = self._embed(item_ids[valid][None, :], positions)
-        feats = self.temporal(timestamps, lengths, query_timestamps)
-        feats = TemporalFeatures(q=feats.q[valid][None], k=feats.k[valid][None], g=feats.g[valid][None])
+        feats = self.temporal(timestamps, lengths, query_timestamps) if self.config.use_temporal else None
+        if feats is not None:
+            feats = TemporalFeatures(q=feats.q[valid][None], k=feats.k[valid][None], g=feats.g[valid][None])
         states = []
-        for block in self.blocks:
-            x, s = self._block(block, x, feats, positions, cu_seqlens, output_final_state)
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, feats, positions=positions, cu_seqlens=cu_seqlens, output_final_state=output_final_state,
+                         outputs="last" if last_only and i == n - 1 else "all", backend=self.config.backend)
             states.append(s)
-        return x[0], valid, (states if output_final_state else None)
-
-    def _block(self, block, x, feats, positions, cu_seqlens, output_final_state):
-        return block(x, feats if self.config.use_temporal else None, positions=positions, cu_seqlens=cu_seqlens,
-                     output_final_state=output_final_state, backend=self.config.backend)
+        return (x if last_only else x[0]), valid, (states if output_final_state else None)
 
     def encode(
         self,
@@ -95,24 +127,24 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
                 (their gaps clamp to 0: no decay).
             lengths: ``(B,)`` int64 in [1, T].
             query_timestamps: ``(B,)`` int64, the time of the request after each user's last event.
-            packed: run only the valid events, packed with ``cu_seqlens`` (faster when lengths vary a lot).
+            packed: run only the valid events, packed with ``cu_seqlens`` (faster with the Triton kernels when
+                lengths vary a lot; the CPU path computes padded rows either way).
         Returns:
             ``(B, T, D)`` L2-normalised user vectors (float32 for a float32 model); zero at padding.
         """
-        self._check(item_ids, timestamps, lengths, query_timestamps)
-        item_ids, lengths = item_ids.long(), lengths.long()
+        _, used = self._check(item_ids, timestamps, lengths, query_timestamps)
+        item_ids, lengths = cast(item_ids, torch.int64), cast(lengths, torch.int64)
         T = item_ids.shape[1]
-        used = int(lengths.max())  # columns past the longest history are padding everywhere: skip them
         if packed:
             y, valid, _ = self._forward_packed(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
                                                False)
             out = y.new_zeros(item_ids.shape[0], used, y.shape[-1])
             out[valid] = y
         else:
-            out = self._forward_padded(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps)
+            out, _ = self._forward_padded(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps)
             out = out * (item_ids[:, :used] != 0).unsqueeze(-1).to(out.dtype)
         out = l2_normalize(out)
-        return F.pad(out, (0, 0, 0, T - used))
+        return F.pad(out, (0, 0, 0, T - used)) if used < T else out
 
     # ------------------------------------------------------------------ serving
     def prefill(
@@ -123,21 +155,28 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         query_timestamps: torch.Tensor,
     ) -> Tuple[torch.Tensor, DecodeState]:
         """Encode whole histories once; returns the user vector at each user's last event ``(B, D)`` and the
-        :class:`DecodeState` from which :meth:`step` appends events. Arguments as in :meth:`encode`."""
-        self._check(item_ids, timestamps, lengths, query_timestamps)
-        item_ids, lengths = item_ids.long(), lengths.long()
-        used = int(lengths.max())
-        y, _, states = self._forward_packed(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
-                                            True)
-        last = torch.cumsum(lengths, 0) - 1
+        :class:`DecodeState` from which :meth:`step` appends events. Arguments as in :meth:`encode`.
+
+        Only the last events go through the last block's gate and FFN; histories are packed only for the Triton
+        backend when their lengths differ."""
+        shortest, used = self._check(item_ids, timestamps, lengths, query_timestamps)
+        item_ids, lengths = cast(item_ids, torch.int64), cast(lengths, torch.int64)
+        ragged = shortest < used
+        ids, ts = (item_ids[:, :used], timestamps[:, :used]) if used < item_ids.shape[1] else (item_ids, timestamps)
+        if not ragged or uses_plan(self.config.backend, ids.device):
+            y, states = self._forward_padded(ids, ts, lengths, query_timestamps, True, last_only=True, ragged=ragged)
+        else:
+            y, _, states = self._forward_packed(ids, ts, lengths, query_timestamps, True, last_only=True)
+        last_timestamp = (timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1) if ragged else
+                          timestamps[:, used - 1]).clone()
         state = DecodeState(
             retention=torch.stack([s[0] for s in states]),
             temporal=torch.stack([s[1] for s in states]),
             positional=torch.stack([s[2] for s in states]),
-            last_timestamp=timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1).clone(),
+            last_timestamp=last_timestamp,
             position=lengths.clone(),
         )
-        return l2_normalize(y[last]), state
+        return l2_normalize(y), state
 
     def empty_state(self, num_users: int, device: Optional[torch.device] = None) -> DecodeState:
         """An all-zero :class:`DecodeState` of ``num_users`` rows for this model (a pool to prefill into):

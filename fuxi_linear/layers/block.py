@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.prefill import cast, last_tokens, uses_plan
 from .ffn import MultiStageFFN
 from ..ops.fused_block_step import fused_block_step
 from .norms import layer_norm, rms_norm
@@ -82,7 +83,8 @@ class FuXiLinearBlock(nn.Module):
         return x_hat, u, q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
 
     def _mix(self, x, u, y_s, y_t, y_p) -> torch.Tensor:
-        a = u * torch.cat([layer_norm(y_s.flatten(-2)), layer_norm(y_t), layer_norm(y_p)], dim=-1)
+        # one LayerNorm over the stacked channels normalises each channel's D values on its own
+        a = u * layer_norm(torch.stack([y_s.flatten(-2), y_t, y_p], dim=-2)).flatten(-2)
         return self.ffn(a, x)
 
     def forward(
@@ -93,19 +95,38 @@ class FuXiLinearBlock(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ) -> Tuple[torch.Tensor, Optional[ChannelStates]]:
         """``x: (B, T, D)`` (or packed ``(1, total, D)`` with ``cu_seqlens`` and ``positions: (1, total)``).
 
-        ``temporal=None`` switches the temporal channel off. Returns the block output ``(B, T, D)`` and, if
-        asked, the channel states after each sequence.
+        ``temporal=None`` switches the temporal channel off. ``lengths (B,)``: right-padded rows whose final
+        states are taken at ``lengths - 1`` (None: all rows full). ``outputs="last"``: only each sequence's
+        last token goes through the gate and the FFN (what a prefill needs from its last block): the output is
+        ``(B, D)``. Returns the block output and, if asked, the channel states after each sequence.
         """
-        x_hat, u, q, k, v = self._project(x)
-        kw = dict(cu_seqlens=cu_seqlens, output_final_state=output_final_state, backend=backend)
+        if outputs == "last":  # u, the gate and the FFN are only needed at the last tokens
+            x_hat = layer_norm(x)
+            D, Hq, heads = self.dim, self.num_heads * self.qk_dim, (self.num_heads, -1)
+            w = cast(self.uvqk, x_hat.dtype)
+            x = last_tokens(x, lengths, cu_seqlens)
+            x_hat_last = last_tokens(x_hat, lengths, cu_seqlens)
+            if uses_plan(backend, x.device, cu_seqlens):  # the CPU path reads q at the last tokens only
+                u, q = torch.split(F.silu(x_hat_last @ w[:, :3 * D + Hq]), [3 * D, Hq], dim=-1)
+                k, v = torch.split(F.silu(x_hat @ w[:, 3 * D + Hq:]), [Hq, D], dim=-1)
+            else:
+                u = F.silu(x_hat_last @ w[:, :3 * D])
+                q, k, v = torch.split(F.silu(x_hat @ w[:, 3 * D:]), [Hq, Hq, D], dim=-1)
+            q, k, v = q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
+        else:
+            x_hat, u, q, k, v = self._project(x)
+        kw = dict(cu_seqlens=cu_seqlens, output_final_state=output_final_state, backend=backend, lengths=lengths,
+                  outputs=outputs)
         y_s, s_s = self.retention(q, k, v, **kw)
         if temporal is not None:
             y_t, s_t = self.temporal(x_hat, temporal, **kw)
         else:  # temporal channel switched off (ablation): it feeds zeros to the gate and keeps a zero state
-            y_t = torch.zeros_like(x_hat)
+            y_t = x.new_zeros(x.shape)
             s_t = self.temporal.zero_state(s_s.shape[0], x) if output_final_state else None
         y_p, s_p = self.positional(x_hat, positions, **kw)
         return self._mix(x, u, y_s, y_t, y_p), ((s_s, s_t, s_p) if output_final_state else None)

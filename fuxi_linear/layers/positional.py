@@ -5,9 +5,11 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..ops import chunk_decay_attention
 from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, uses_plan
+from ..ops.reference import prepare_decay_attention
 
 
 def sinusoidal_table(num_positions: int, width: int) -> torch.Tensor:
@@ -43,6 +45,11 @@ class LinearPositionalChannel(nn.Module):
                 f"{self.num_positions} rows (positions 0..{self.num_positions - 1})"
             )
 
+    def _qk_from_start(self, T: int, dtype: torch.dtype):
+        """q, k of positions 0..T-1 ``(1, T, 1, P)``: the table's first T rows."""
+        e = cast(self.table[:T], dtype).unsqueeze(0).unsqueeze(-2)
+        return e, e / (self.width // 2)
+
     def _qk(self, positions: torch.Tensor, dtype: torch.dtype):
         e = self.table[positions].to(dtype).unsqueeze(-2)  # (..., 1, P)
         return e, e / (self.width // 2)
@@ -54,19 +61,63 @@ class LinearPositionalChannel(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ):
         """``x_hat: (B, T, D)``. ``positions: (1, T)`` int64 for packed input; None means 0..T-1 for every row.
 
-        Returns ``(y: (B, T, D), state: (N, 1, P, D) | None)``.
+        Returns ``(y: (B, T, D), state: (N, 1, P, D) | None)``; ``outputs="last"``: ``y (B, D)`` at each
+        sequence's last token (``lengths``: right-padded rows, as in the retention channel).
         """
         T = x_hat.shape[1]
-        if positions is None:
-            positions = torch.arange(T, device=x_hat.device)[None, :]
-        v = self.proj_p(x_hat).unsqueeze(-2)
-        q, k = self._qk(positions, v.dtype)  # (1, T, 1, P): shared by the batch, never expanded
-        o, state = chunk_decay_attention(q, k, v, output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                         backend=backend)
-        return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2), state
+        if outputs == "last" and positions is None and uses_plan(backend, x_hat.device, cu_seqlens):
+            return self._last_from_inputs(x_hat, lengths, output_final_state)
+        v = F.linear(x_hat, self.proj_p.weight).unsqueeze(-2)
+        if positions is None and lengths is None and uses_plan(backend, x_hat.device, cu_seqlens):
+            # rows from position 0, all full: the whole plan depends on the table and T only
+            cdt = compute_dtype(v.dtype)
+            plan = inference_cache(self, "plan", (self.table,), (T, cdt, outputs, output_final_state),
+                                   lambda: prepare_decay_attention(*self._qk_from_start(T, cdt), value_dim=v.shape[-1],
+                                                                   all_outputs=outputs == "all",
+                                                                   last_outputs=outputs == "last",
+                                                                   final_state=output_final_state))
+            o, state = prefill_decay_attention(None, None, v, output_final_state=output_final_state, outputs=outputs,
+                                               plan=plan)
+        else:
+            q, k = (self._qk_from_start(T, v.dtype) if positions is None else
+                    self._qk(positions, v.dtype))  # (1, T, 1, P): shared by the batch, never expanded
+            o, state = prefill_decay_attention(q, k, v, lengths=lengths, cu_seqlens=cu_seqlens,
+                                               output_final_state=output_final_state, outputs=outputs, backend=backend)
+        if outputs == "last":
+            v = last_tokens(v, lengths, cu_seqlens)
+        return self._augment(o, v).squeeze(-2), state
+
+    def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``alpha o + beta v``."""
+        if o.dtype == v.dtype == self.alpha.dtype:
+            return torch.addcmul(self.beta * v, self.alpha, o)
+        return self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v
+
+    def _keys(self, T: int, cdt: torch.dtype):
+        """The table's first T rows ``(T, P)`` and the keys ``(P, T)`` (rows / (P/2), transposed)."""
+        e = cast(self.table[:T], cdt)
+        return e, (e / (self.width // 2)).t()
+
+    def _last_from_inputs(self, x_hat: torch.Tensor, lengths: Optional[torch.Tensor], output_final_state: bool):
+        """``outputs="last"`` on the CPU path: the value projection is linear, so the state
+        ``sum_s k_s (x) W_p x_hat_s = (sum_s k_s (x) x_hat_s) W_p^T`` is built from the inputs and projected once,
+        instead of projecting every event. ``x_hat (B, T, D)`` -> ``(y (B, D), state (B, 1, P, D) | None)``."""
+        B, T, _ = x_hat.shape
+        cdt = compute_dtype(x_hat.dtype)
+        e, k_t = inference_cache(self, "keys", (self.table,), (T, cdt), lambda: self._keys(T, cdt))
+        x = cast(x_hat, cdt)
+        if lengths is not None:  # events past a user's length do not enter the state
+            x = x * (torch.arange(T, device=x.device) < lengths[:, None]).to(cdt)[..., None]
+        S = (k_t @ x) @ cast(self.proj_p.weight, cdt).t()  # (B, P, D)
+        e_last = e[-1] if lengths is None else e[lengths.long() - 1]  # (P,) or (B, P)
+        o = cast((e_last.unsqueeze(-2) @ S).squeeze(-2), x_hat.dtype)  # (B, D)
+        v_last = F.linear(last_tokens(x_hat, lengths), self.proj_p.weight)
+        return self._augment(o, v_last), (S.unsqueeze(1) if output_final_state else None)
 
     def step_channel(self, v: torch.Tensor, positions: torch.Tensor, state: torch.Tensor) -> StepChannel:
         """The positional channel as a fused-decode-step channel: values ``v: (N, 1, D)``, ``positions: (N,)``

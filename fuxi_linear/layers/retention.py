@@ -6,8 +6,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops import chunk_decay_attention
 from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.prefill import cast, compute_dtype, inference_cache, prefill_decay_attention, uses_plan
+from ..ops.reference import HeadDecay, prepare_decay_attention
 from .step_cache import DerivedCache
 
 
@@ -39,13 +40,41 @@ class RetentionChannel(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``."""
-        r = self.rates()
-        q = q * torch.exp(-r).to(q.dtype)[:, None]
-        return chunk_decay_attention(
-            q, k, v, g_gamma=-r, output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend
-        )
+        """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``.
+
+        ``lengths (B,)``: right-padded rows (final states at ``lengths - 1``); ``outputs="last"``: ``o (B, H, dv)``
+        at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`); on the
+        CPU path ``q`` may then hold the last tokens' queries only, ``(B, H, dqk)``.
+        """
+        T = k.shape[1]
+        if uses_plan(backend, v.device, cu_seqlens):  # the decay factors depend on the parameters and T only
+            cdt = compute_dtype(v.dtype)
+            d, decay = inference_cache(self, "decay", (self.decay_logits,), (T, q.shape[-1], cdt, v.device),
+                                       lambda: self._decays(T, q.shape[-1], cdt))
+        else:
+            d, decay = self._decays(T, q.shape[-1], None)
+        q = q * cast(d, q.dtype)
+        if q.dim() == 3:  # last-token queries: the output is q . S with S the final state
+            k = cast(k, cdt)
+            plan = prepare_decay_attention(k, k, g_gamma=decay, lengths=lengths, all_outputs=False,
+                                           final_state=True, value_dim=v.shape[-1])  # reads k only
+            _, S = plan.apply(cast(v, cdt), output_final_state=True, outputs="none")
+            o = (cast(q, cdt).unsqueeze(-2) @ S).squeeze(-2)
+            return cast(o, v.dtype), (S if output_final_state else None)
+        return prefill_decay_attention(q, k, v, g_gamma=decay, lengths=lengths, cu_seqlens=cu_seqlens,
+                                       output_final_state=output_final_state, outputs=outputs, backend=backend)
+
+    def _decays(self, T: int, K: int, cdt: Optional[torch.dtype]):
+        """Per-step decay ``d = exp(-r)`` (repeated over the key width: ``(H, K)``) and the log-decay ``-r``: as a
+        :class:`HeadDecay` over T tokens for the CPU path (compute dtype ``cdt``), as a tensor otherwise (``cdt``
+        None)."""
+        log_decay = -self.rates()
+        # d repeated over the key width K, (H, K): broadcasting a (H, 1) factor is several times slower on a CPU
+        d = torch.exp(log_decay).unsqueeze(-1).repeat(1, K)
+        return d, (log_decay if cdt is None else HeadDecay(log_decay, T, cdt))
 
     def step_decay(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(g_gamma = -r, d = exp(-r))``, both ``(H,)``: the operator's per-head log-decay and the inclusive

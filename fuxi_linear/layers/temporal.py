@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import chunk_decay_attention
 from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, repeat_last
+from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
 from .step_cache import DerivedCache
 
 
@@ -28,11 +29,14 @@ class TemporalFeatures:
     """Shared temporal operands: ``q, k: (..., 2Ht, 2)`` and log-decay ``g: (..., 2Ht)``, float32.
 
     ``q`` already carries the inclusive decay to the next event (``exp(-lambda_i)``), ``g_i = -lambda_{i-1}``.
+    ``plan``: the CPU path's operands (:meth:`TemporalEncoding.prepare`, shared by the blocks of one forward;
+    ``q``, ``k``, ``g`` are then None).
     """
 
-    q: torch.Tensor
-    k: torch.Tensor
-    g: torch.Tensor
+    q: Optional[torch.Tensor]
+    k: Optional[torch.Tensor]
+    g: Optional[torch.Tensor]
+    plan: Optional[DecayAttentionPlan] = None
 
 
 def temporal_periods(base: int, start: int, stride: int, num_periods: int) -> torch.Tensor:
@@ -70,15 +74,23 @@ class TemporalEncoding(nn.Module):
         """Angular rates ``2 pi / T_m`` ``(Ht,)`` in float64, derived from the periods (never stale)."""
         return (2 * math.pi) / self.periods.double()
 
-    def phases(self, t: torch.Tensor) -> torch.Tensor:
-        """``theta_m(t) = omega_m (t mod T_m)``: int64 ``(...)`` -> float64 ``(..., Ht)``."""
-        return torch.remainder(t.unsqueeze(-1), self.periods).double() * self.omega
+    def phases(self, t: torch.Tensor, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``theta_m(t) = omega_m (t mod T_m)``: int64 ``(...)`` -> float64 ``(..., Ht)`` (``omega``: the
+        angular rates, when the caller has them already)."""
+        return torch.remainder(t.unsqueeze(-1), self.periods).double() * (self.omega if omega is None else omega)
 
     def log_decay(self, gap: torch.Tensor) -> torch.Tensor:
         """``-lambda = ln(gamma) * omega * max(gap, 0)``, clamped: int64 ``(...)`` -> float32 ``(..., 2Ht)``."""
-        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * self.omega).float()
-        g = (F.logsigmoid(self.decay_logits.float()) * scaled_gap).clamp(min=-self.max_log_decay)
+        g = self.period_log_decay(gap)
         return torch.cat([g, g], dim=-1)
+
+    def period_log_decay(self, gap: torch.Tensor, omega: Optional[torch.Tensor] = None,
+                         log_gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`log_decay` once per period (heads m and Ht + m share it): ``(...)`` -> float32 ``(..., Ht)``
+        (``omega``, ``log_gamma = logsigmoid(b)``: when the caller has them already)."""
+        scaled_gap = (gap.clamp(min=0).unsqueeze(-1).double() * (self.omega if omega is None else omega)).float()
+        log_gamma = F.logsigmoid(self.decay_logits.float()) if log_gamma is None else log_gamma
+        return (log_gamma * scaled_gap).clamp(min=-self.max_log_decay)
 
     def features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor) -> TemporalFeatures:
         """Operands for events at ``t_key`` whose next event (or request) is at ``t_query``.
@@ -138,18 +150,99 @@ class TemporalEncoding(nn.Module):
             q, k = q.to(dtype), k.to(dtype)
         return TemporalFeatures(q=q, k=k, g=g)
 
+    @staticmethod
+    def _event_times(timestamps, lengths, query_timestamps):
+        """Key times ``t``, query times ``t_next`` and gaps to the previous event, int64 ``(B, T)``; entries past a
+        user's length are replaced by the request time, so they have zero gaps and stay finite."""
+        T = timestamps.shape[1]
+        valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
+        t = torch.where(valid, timestamps, query_timestamps[:, None])
+        t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
+        gap_prev = torch.diff(t, dim=1, prepend=t[:, :1])  # 0 before the first event
+        return t, t_next, gap_prev
+
     def forward(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor) -> TemporalFeatures:
         """Padded histories: ``timestamps (B, T)`` int64, ``lengths (B,)``, ``query_timestamps (B,)`` int64.
 
         Event i's query time is ``t_{i+1}``, and the request time for the last event. Entries past a user's
         length are replaced by the request time, so they have zero gaps and stay finite.
         """
-        B, T = timestamps.shape
-        valid = torch.arange(T, device=timestamps.device)[None, :] < lengths[:, None]
-        t = torch.where(valid, timestamps, query_timestamps[:, None])
-        t_next = torch.cat([t[:, 1:], query_timestamps[:, None]], dim=1)
-        gap_prev = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
-        return self.features(t, t_next, gap_prev)
+        return self.features(*self._event_times(timestamps, lengths, query_timestamps))
+
+    def prepare(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
+                dtype: torch.dtype, ends: Optional[torch.Tensor] = None, all_outputs: bool = True,
+                last_outputs: bool = False, final_state: bool = False, ragged: bool = True,
+                head_width: int = 1) -> TemporalFeatures:
+        """The CPU path's features of padded histories (arguments as :meth:`forward`): only a
+        :class:`PairedHeadsPlan` for values of ``dtype`` (``q, k, g`` are None).
+
+        Heads m and Ht + m have the same key and decay (only their queries differ), so the plan is the decayed
+        sum ``Z_t = sum_{s<=t} exp(G_t - G_s) U_s`` over the Ht periods, applied to ``U_s = k_s (x) [v_m, v_Ht+m]``
+        (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. The arithmetic of
+        the phases and decays is :meth:`features`'s, once per time (an event's query time is the next key time). ``ends`` (lengths where final
+        states and last outputs are taken, None: all T) and the flags as in
+        :func:`fuxi_linear.ops.reference.prepare_decay_attention`; ``ragged=False`` promises that every history
+        fills the T columns. ``head_width``: the value width of a temporal head, D / 2Ht.
+        """
+        T = timestamps.shape[1]
+        if ragged:  # entries past a user's length take the request time (zero gaps)
+            valid = torch.arange(T, device=timestamps.device) < lengths[:, None]
+            timestamps = torch.where(valid, timestamps, query_timestamps[:, None])
+        # times of the events and of the request after the last one, (B, T + 1): event i's key time is column i,
+        # its query time column i + 1; the gap before column i is column i of the differences (0 before the first)
+        times = torch.cat([timestamps, query_timestamps[:, None]], 1)
+        gaps = torch.diff(times, dim=1, prepend=times[:, :1])
+        cdt = compute_dtype(dtype)
+        omega, log_gamma = inference_cache(self, "rates", (self.periods, self.decay_logits), (),
+                                           lambda: (self.omega, F.logsigmoid(self.decay_logits.float())))
+        theta = self.phases(times, omega)  # (B, T + 1, Ht) float64
+        # float32 operands as in :meth:`features` (decode must see the same numbers), then the compute dtype
+        cos, sin = torch.cos(theta).float(), torch.sin(theta).float()
+        log_decay = self.period_log_decay(gaps, omega, log_gamma)  # (B, T + 1, Ht): [:, :T] per event, [:, 1:] to next
+        key = cast(torch.stack([cos[:, :T], sin[:, :T]], -1), cdt)  # (B, T, Ht, 2): (cos, sin) of the key phase
+        decay = prepare_decay_attention(None, None, g=log_decay[:, :T], lengths=ends, all_outputs=all_outputs,
+                                        last_outputs=last_outputs, final_state=final_state, dtype=cdt,
+                                        value_dim=4 * key.shape[-1])
+        # queries (B, T, Ht, 2 (key dim), 2 heads): head m scores sin(theta_q - theta_k), head Ht + m
+        # cos(theta_q - theta_k), with the inclusive decay to the next event
+        cos_q, sin_q = cos[:, 1:], sin[:, 1:]
+        query = torch.stack([sin_q, cos_q, -cos_q, sin_q], -1) * torch.exp(log_decay[:, 1:]).unsqueeze(-1)
+        query = cast(query, cdt)
+        # repeated over the value width, so the products with the state-valued sums are between equal shapes
+        # (a CPU is several times slower at broadcasting over a tiny innermost dimension)
+        plan = PairedHeadsPlan(
+            decay=decay, key=key.transpose(1, 2),  # (B, Ht, T, 2)
+            final_key=(decay.final_key * key.permute(0, 2, 3, 1)).flatten(1, 2) if last_outputs else None,
+            query=repeat_last(query, head_width).transpose(1, 2).contiguous() if all_outputs else None,
+            last_query=repeat_last(last_tokens(query, ends), head_width) if last_outputs else None,
+        )
+        return TemporalFeatures(q=None, k=None, g=None, plan=plan)
+
+
+@dataclass
+class PairedHeadsPlan:
+    """The temporal channel's operands for the CPU path, prepared once per forward (:meth:`TemporalEncoding.prepare`).
+
+    ``decay``: the decayed sum over the Ht periods (q = k = 1); ``key (B, Ht, T, 2)``: the key shared by heads
+    m and Ht + m; ``final_key (B, Ht x 2, T)``: the key times its decay to each user's last event (the final
+    state from the block's inputs, for ``outputs="last"``); ``query (B, Ht, T, 2 x 2 x w)`` / ``last_query
+    (B, Ht, 2 x 2 x w)``: each pair's queries (key dim, head of the pair) repeated over the value width w, at
+    every event / at each user's last event. Head-major (Ht before T), the layout the operator computes in.
+    """
+
+    decay: DecayAttentionPlan
+    key: torch.Tensor
+    final_key: Optional[torch.Tensor]
+    query: Optional[torch.Tensor]
+    last_query: Optional[torch.Tensor]
+
+
+def _pair_outputs(query: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """Each head's output ``sum_k q[k, r] Z[k, r, :]`` from its pair's state-valued sum ``Z (..., 2 x 2 x w)``
+    (key dim, head of the pair, value) and the repeated queries of :class:`PairedHeadsPlan` -> ``(..., 2 x w)``."""
+    P = query * Z
+    half = P.shape[-1] // 2
+    return P[..., :half] + P[..., half:]
 
 
 class TemporalRetentionChannel(nn.Module):
@@ -174,11 +267,17 @@ class TemporalRetentionChannel(nn.Module):
         return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device)
 
     def _values(self, x_hat: torch.Tensor) -> torch.Tensor:
-        return self.proj_v(x_hat).unflatten(-1, (self.num_heads, -1))
+        return F.linear(x_hat, self.proj_v.weight).unflatten(-1, (self.num_heads, -1))
 
     def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        y = self.alpha[:, None].to(o.dtype) * o + self.beta[:, None].to(v.dtype) * v
-        return y.flatten(-2)
+        """``alpha_h o_h + beta_h v_h`` for ``o, v (..., 2Ht, w)``, flattened to ``(..., D)``."""
+        if o.dtype == v.dtype == self.alpha.dtype:
+            # alpha, beta repeated over w: a CPU is several times slower at broadcasting a (2Ht, 1) weight
+            alpha, beta = inference_cache(self, "augment", (self.alpha, self.beta), (v.shape[-1],), lambda: (
+                self.alpha.unsqueeze(-1).repeat(1, v.shape[-1]), self.beta.unsqueeze(-1).repeat(1, v.shape[-1])))
+            return torch.addcmul(beta * v, alpha, o).flatten(-2)
+        alpha, beta = self.alpha.unsqueeze(-1), self.beta.unsqueeze(-1)
+        return (alpha.to(o.dtype) * o + beta.to(v.dtype) * v).flatten(-2)
 
     def forward(
         self,
@@ -187,14 +286,60 @@ class TemporalRetentionChannel(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
         backend: str = "auto",
+        lengths: Optional[torch.Tensor] = None,
+        outputs: str = "all",
     ):
-        """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``."""
+        """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``;
+        ``outputs="last"``: ``y (B, D)`` at each sequence's last token (``lengths``: right-padded rows)."""
+        if feats.plan is not None and outputs == "last":
+            return self._last_from_inputs(x_hat, feats.plan, lengths, output_final_state)
         v = self._values(x_hat)
-        o, state = chunk_decay_attention(
-            feats.q.to(v.dtype), feats.k.to(v.dtype), v, g=feats.g,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend,
-        )
+        if feats.plan is not None:
+            o, state = self._paired_heads(v, feats, output_final_state, outputs, lengths)
+        else:
+            o, state = prefill_decay_attention(
+                feats.q.to(v.dtype), feats.k.to(v.dtype), v, g=feats.g, lengths=lengths, cu_seqlens=cu_seqlens,
+                output_final_state=output_final_state, outputs=outputs, backend=backend,
+            )
+        if outputs == "last":
+            v = last_tokens(v, lengths, cu_seqlens)
         return self._augment(o, v), state
+
+    def _paired_heads(self, v, feats: TemporalFeatures, output_final_state, outputs, lengths):
+        """The operator on the plan of :meth:`TemporalEncoding.prepare`: heads m and Ht + m share key and decay,
+        so ``o_{r Ht + m, t} = q_{r Ht + m, t} . Z_{m, t}[:, r]`` with ``Z_m = sum_s exp(G_t - G_s) k_s (x)
+        [v_m, v_{Ht + m}]_s``: ``v (B, T, 2Ht, w)`` -> ``(o, state (B, 2Ht, 2, w) | None)`` as the operator."""
+        Ht, w = self.num_heads // 2, v.shape[-1]
+        B, T = v.shape[:2]
+        plan = feats.plan
+        pairs = v.unflatten(2, (2, Ht)).permute(0, 3, 1, 2, 4).reshape(B, Ht, T, 2 * w)  # [v_m, v_Ht+m]
+        k = plan.key
+        U = torch.cat([k[..., :1] * pairs, k[..., 1:] * pairs], dim=-1)  # (B, Ht, T, 2 x 2 x w): k (x) pair
+        Z, S = plan.decay.apply(U, output_final_state=output_final_state, outputs=outputs, head_major=True)
+        if outputs == "all":  # (B, Ht, T, 2 heads, w) -> (B, T, 2Ht, w)
+            o = _pair_outputs(plan.query, Z).unflatten(-1, (2, w)).permute(0, 2, 3, 1, 4).flatten(2, 3)
+        else:
+            o = _pair_outputs(plan.last_query, Z).unflatten(-1, (2, w)).transpose(1, 2).flatten(1, 2)
+        if S is not None:  # (B, Ht, 1, 2 x 2 x w) -> per head (B, 2Ht, 2, w)
+            S = S.squeeze(2).unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2)
+        return (o if o.dtype == v.dtype else o.to(v.dtype)), S
+
+    def _last_from_inputs(self, x_hat, plan: PairedHeadsPlan, lengths, output_final_state):
+        """``outputs="last"`` on the CPU path: as the value projection is linear, each pair's final state
+        ``sum_s w_s k_s (x) [v_m, v_Ht+m]_s`` is ``(sum_s w_s k_s (x) x_hat_s)`` times the pair's rows of W_v,
+        built from the inputs in one product instead of projecting every event."""
+        Ht, D = self.num_heads // 2, x_hat.shape[-1]
+        w = D // self.num_heads
+        cdt = plan.key.dtype
+        Zx = (plan.final_key @ cast(x_hat, cdt)).unflatten(1, (Ht, 2))  # (B, Ht, 2, D)
+        W = inference_cache(self, "pair_weights", (self.proj_v.weight,), (cdt,), lambda: cast(
+            self.proj_v.weight, cdt).view(2, Ht, w, D).permute(1, 3, 0, 2).reshape(Ht, D, 2 * w))
+        Z = (Zx @ W).flatten(-2)  # (B, Ht, 2 (key dim) x 2 heads x w): the state is the output at the last event
+        o = _pair_outputs(plan.last_query, Z).unflatten(-1, (2, w)).transpose(1, 2).flatten(1, 2)  # (B, 2Ht, w)
+        v_last = self._values(last_tokens(x_hat, lengths))
+        y = self._augment(cast(o, v_last.dtype), v_last)
+        state = Z.unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2) if output_final_state else None
+        return y, state
 
     def step_channel(self, v: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor) -> StepChannel:
         """The temporal channel as a fused-decode-step channel: values ``v: (N, 2Ht, D/2Ht)``, features of

@@ -1,0 +1,141 @@
+"""The prefill entry point of the FuXi channels: one call that runs the operator on whole histories, on the
+CPU path (a :class:`~fuxi_linear.ops.reference.DecayAttentionPlan`) or through :func:`chunk_decay_attention`
+(the Triton kernels, packed input), and returns the outputs at every token or at each sequence's last token.
+
+The layers call it with tensors they built themselves from validated model inputs, so it does not validate
+them again (the public operator, :func:`chunk_decay_attention`, does).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+from .decay_attention import chunk_decay_attention, resolve_backend
+from .reference import DecayAttentionPlan, HeadDecay, prepare_decay_attention
+
+OUTPUTS = ("all", "last")
+
+
+def last_tokens(x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each sequence's last token: right-padded ``x (B, T, ...)`` -> ``(B, ...)`` at ``lengths - 1`` (T - 1 when
+    ``lengths`` is None), or packed ``x (1, total, ...)`` -> ``(N, ...)`` at ``cu_seqlens[1:] - 1``."""
+    if cu_seqlens is not None:
+        return x[0, cu_seqlens[1:].long() - 1]
+    if lengths is None:
+        return x[:, -1]
+    return x[torch.arange(x.shape[0], device=x.device), lengths.long() - 1]
+
+
+def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Tensor] = None) -> bool:
+    """Whether a prefill on ``device`` with this ``backend`` runs the CPU path (padded input only)."""
+    return cu_seqlens is None and resolve_backend(backend, device) == "reference"
+
+
+class _InferenceCache(dict):
+    """Per-module store of :func:`inference_cache`: not copied with the module (a copy starts empty) and not
+    pickled, so no cached tensor outlives the parameters it was derived from."""
+
+    def __deepcopy__(self, memo):
+        return _InferenceCache()
+
+    def __reduce__(self):
+        return (_InferenceCache, ())
+
+
+def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tensor, ...], key: tuple,
+                    build: Callable[[], Any]) -> Any:
+    """``build()``, kept on ``owner`` and reused while ``params`` hold the same values (their storage and version
+    counters) and ``key`` is the same — only where no gradient can flow (inference); otherwise built every call.
+
+    A prefill's parameter-derived operands (per-head decay factors, positional scores) depend on nothing else;
+    on a CPU, at short lengths, building them again costs more than using them.
+    """
+    if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # inference tensors keep no version
+        return build()
+    stamp = (key, torch.is_inference_mode_enabled(), tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    cache = owner.__dict__.setdefault("_inference_cache", _InferenceCache())
+    hit = cache.get(name)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = build()
+    cache[name] = (stamp, value)
+    return value
+
+
+def repeat_last(x: torch.Tensor, times: int) -> torch.Tensor:
+    """``x.repeat_interleave(times, dim=-1)``. On a CPU as a product with a 0/1 matrix, which is exact (each
+    output is one input times 1 plus zeros) and several times faster than the strided copy."""
+    if x.device.type != "cpu" or not x.is_floating_point():
+        return x.repeat_interleave(times, dim=-1)
+    return x @ _repeat_matrix(x.shape[-1], times, x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _repeat_matrix(n: int, times: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, n times)`` 0/1 matrix that repeats each of n columns ``times`` times (CPU, read-only; a normal
+    tensor whichever mode the first call ran in, so autograd can use it)."""
+    with torch.inference_mode(False):
+        return torch.eye(n, dtype=dtype).repeat_interleave(times, dim=1)
+
+
+def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` (no call at all when it already is: these paths are overhead-bound on a CPU)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The CPU path computes in float64 for float64 input and in float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def prefill_decay_attention(
+    q: Optional[torch.Tensor],
+    k: Optional[torch.Tensor],
+    v: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    *,
+    lengths: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    outputs: str = "all",
+    backend: str = "auto",
+    plan: Optional[DecayAttentionPlan] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t`` over whole sequences (scale 1, no initial state).
+
+    Args:
+        q, k: ``(Bq, T, H, K)`` (Bq = 1: shared by the batch); may be None when ``plan`` is given.
+        v: ``(B, T, H, V)``, or packed ``(1, total, H, V)`` with ``cu_seqlens``.
+        g: ``(B, T, H)`` or g_gamma: ``(H,)`` log-decays, or neither.
+        lengths: ``(B,)`` lengths of right-padded rows, where final states and last outputs are taken (None:
+            every row has T tokens).
+        outputs: ``"all"`` -> ``o (B, T, H, V)``; ``"last"`` -> ``o (B, H, V)`` at each sequence's last token.
+        plan: a :class:`~fuxi_linear.ops.reference.DecayAttentionPlan` of these q, k, g (CPU path), reused
+            instead of q/k/g.
+    Returns:
+        ``(o in v's dtype, final state (N, H, K, V) float32 — float64 for float64 input — or None)``.
+    """
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
+    if plan is not None or uses_plan(backend, v.device, cu_seqlens):
+        cdt = compute_dtype(v.dtype)
+        if plan is None:
+            plan = prepare_decay_attention(cast(q, cdt), cast(k, cdt), g=g, g_gamma=g_gamma, lengths=lengths,
+                                           all_outputs=outputs == "all", last_outputs=outputs == "last",
+                                           final_state=output_final_state, value_dim=v.shape[-1])
+        o, state = plan.apply(cast(v, cdt), output_final_state=output_final_state, outputs=outputs)
+        return cast(o, v.dtype), state
+    if isinstance(g_gamma, HeadDecay):
+        g_gamma = g_gamma.gamma
+    o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
+                                     cu_seqlens=cu_seqlens, backend=backend)
+    if outputs == "last":
+        o = last_tokens(o, lengths, cu_seqlens)
+    return o, state
+
+
+__all__ = ["inference_cache", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]
