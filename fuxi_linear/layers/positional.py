@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, uses_plan
+from ..ops.prefill import (cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, uses_plan,
+                           without_autocast)
 from ..ops.reference import prepare_decay_attention
 
 
@@ -77,7 +78,7 @@ class LinearPositionalChannel(nn.Module):
             # rows from position 0, all full: the whole plan depends on the table and T only
             cdt = compute_dtype(v.dtype)
             plan = inference_cache(self, "plan", (self.table,), (T, cdt, outputs, output_final_state),
-                                   lambda: prepare_decay_attention(*self._qk_from_start(T, cdt), value_dim=v.shape[-1],
+                                   lambda: without_autocast(prepare_decay_attention)(*self._qk_from_start(T, cdt), value_dim=v.shape[-1],
                                                                    all_outputs=outputs == "all",
                                                                    last_outputs=outputs == "last",
                                                                    final_state=output_final_state))
@@ -103,6 +104,7 @@ class LinearPositionalChannel(nn.Module):
         e = cast(self.table[:T], cdt)
         return e, (e / (self.width // 2)).t()
 
+    @without_autocast
     def _last_from_inputs(self, x_hat: torch.Tensor, lengths: Optional[torch.Tensor], output_final_state: bool):
         """``outputs="last"`` on the CPU path: the value projection is linear, so the state
         ``sum_s k_s (x) W_p x_hat_s = (sum_s k_s (x) x_hat_s) W_p^T`` is built from the inputs and projected once,

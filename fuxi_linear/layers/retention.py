@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import cast, compute_dtype, inference_cache, prefill_decay_attention, uses_plan
+from ..ops.prefill import cast, compute_dtype, inference_cache, prefill_decay_attention, uses_plan, without_autocast
 from ..ops.reference import HeadDecay, prepare_decay_attention
 from .step_cache import DerivedCache
 
@@ -58,14 +58,21 @@ class RetentionChannel(nn.Module):
             d, decay = self._decays(T, q.shape[-1], None)
         q = q * cast(d, q.dtype)
         if q.dim() == 3:  # last-token queries: the output is q . S with S the final state
-            k = cast(k, cdt)
-            plan = prepare_decay_attention(k, k, g_gamma=decay, lengths=lengths, all_outputs=False,
-                                           final_state=True, value_dim=v.shape[-1])  # reads k only
-            _, S = plan.apply(cast(v, cdt), output_final_state=True, outputs="none")
-            o = (cast(q, cdt).unsqueeze(-2) @ S).squeeze(-2)
-            return cast(o, v.dtype), (S if output_final_state else None)
+            return self._last_from_queries(q, k, v, decay, lengths, output_final_state)
         return prefill_decay_attention(q, k, v, g_gamma=decay, lengths=lengths, cu_seqlens=cu_seqlens,
                                        output_final_state=output_final_state, outputs=outputs, backend=backend)
+
+    @without_autocast
+    def _last_from_queries(self, q, k, v, decay, lengths, output_final_state):
+        """CPU path, ``outputs="last"`` with the last tokens' queries ``q (B, H, dqk)`` (already decayed):
+        ``o = q . S`` with S each sequence's final state."""
+        cdt = compute_dtype(v.dtype)
+        k = cast(k, cdt)
+        plan = prepare_decay_attention(k, k, g_gamma=decay, lengths=lengths, all_outputs=False,
+                                       final_state=True, value_dim=v.shape[-1])  # reads k only
+        _, S = plan.apply(cast(v, cdt), output_final_state=True, outputs="none")
+        o = (cast(q, cdt).unsqueeze(-2) @ S).squeeze(-2)
+        return cast(o, v.dtype), (S if output_final_state else None)
 
     def _decays(self, T: int, K: int, cdt: Optional[torch.dtype]):
         """Per-step decay ``d = exp(-r)`` (repeated over the key width: ``(H, K)``) and the log-decay ``-r``: as a

@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, repeat_last
+from ..ops.prefill import (cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, repeat_last,
+                           without_autocast)
 from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
 from .step_cache import DerivedCache
 
@@ -169,6 +170,7 @@ class TemporalEncoding(nn.Module):
         """
         return self.features(*self._event_times(timestamps, lengths, query_timestamps))
 
+    @without_autocast
     def prepare(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
                 dtype: torch.dtype, ends: Optional[torch.Tensor] = None, all_outputs: bool = True,
                 last_outputs: bool = False, final_state: bool = False, ragged: bool = True,
@@ -305,6 +307,7 @@ class TemporalRetentionChannel(nn.Module):
             v = last_tokens(v, lengths, cu_seqlens)
         return self._augment(o, v), state
 
+    @without_autocast
     def _paired_heads(self, v, feats: TemporalFeatures, output_final_state, outputs, lengths):
         """The operator on the plan of :meth:`TemporalEncoding.prepare`: heads m and Ht + m share key and decay,
         so ``o_{r Ht + m, t} = q_{r Ht + m, t} . Z_{m, t}[:, r]`` with ``Z_m = sum_s exp(G_t - G_s) k_s (x)
@@ -324,6 +327,7 @@ class TemporalRetentionChannel(nn.Module):
             S = S.squeeze(2).unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2)
         return (o if o.dtype == v.dtype else o.to(v.dtype)), S
 
+    @without_autocast
     def _last_from_inputs(self, x_hat, plan: PairedHeadsPlan, lengths, output_final_state):
         """``outputs="last"`` on the CPU path: as the value projection is linear, each pair's final state
         ``sum_s w_s k_s (x) [v_m, v_Ht+m]_s`` is ``(sum_s w_s k_s (x) x_hat_s)`` times the pair's rows of W_v,

@@ -7,6 +7,7 @@ them again (the public operator, :func:`chunk_decay_attention`, does).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, Optional, Tuple
 
@@ -81,6 +82,24 @@ def _repeat_matrix(n: int, times: int, dtype: torch.dtype) -> torch.Tensor:
         return torch.eye(n, dtype=dtype).repeat_interleave(times, dim=1)
 
 
+def without_autocast(fn: Callable) -> Callable:
+    """Runs ``fn`` with autocast switched off on its inputs' device types when it is on: the CPU path's operator
+    (decay factors, state products, scores) stays in float32 under a bf16 autocast, as the kernels accumulate in
+    float32 whatever their inputs; the projections around it keep autocast. Free when autocast is off."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        on = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+        if not on:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for device_type in on:
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype`` (no call at all when it already is: these paths are overhead-bound on a CPU)."""
     return x if x.dtype == dtype else x.to(dtype)
@@ -122,13 +141,7 @@ def prefill_decay_attention(
     if outputs not in OUTPUTS:
         raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
     if plan is not None or uses_plan(backend, v.device, cu_seqlens):
-        cdt = compute_dtype(v.dtype)
-        if plan is None:
-            plan = prepare_decay_attention(cast(q, cdt), cast(k, cdt), g=g, g_gamma=g_gamma, lengths=lengths,
-                                           all_outputs=outputs == "all", last_outputs=outputs == "last",
-                                           final_state=output_final_state, value_dim=v.shape[-1])
-        o, state = plan.apply(cast(v, cdt), output_final_state=output_final_state, outputs=outputs)
-        return cast(o, v.dtype), state
+        return _apply_plan(q, k, v, g, g_gamma, lengths, output_final_state, outputs, plan)
     if isinstance(g_gamma, HeadDecay):
         g_gamma = g_gamma.gamma
     o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
@@ -138,4 +151,16 @@ def prefill_decay_attention(
     return o, state
 
 
-__all__ = ["inference_cache", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]
+@without_autocast
+def _apply_plan(q, k, v, g, g_gamma, lengths, output_final_state, outputs, plan):
+    """The CPU path of :func:`prefill_decay_attention`."""
+    cdt = compute_dtype(v.dtype)
+    if plan is None:
+        plan = prepare_decay_attention(cast(q, cdt), cast(k, cdt), g=g, g_gamma=g_gamma, lengths=lengths,
+                                       all_outputs=outputs == "all", last_outputs=outputs == "last",
+                                       final_state=output_final_state, value_dim=v.shape[-1])
+    o, state = plan.apply(cast(v, cdt), output_final_state=output_final_state, outputs=outputs)
+    return cast(o, v.dtype), state
+
+
+__all__ = ["without_autocast", "inference_cache", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]
