@@ -260,3 +260,20 @@ def test_training_after_inference_calls():
     model.train()
     model.loss(ids, ts, lengths, query, target_ids=torch.tensor([1, 2])).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 64, 128])
+def test_float32_strong_decays_keep_float32_accuracy(chunk_size):
+    """Issue 8's strong-decay case on the CPU path: the temporal shape with g = -20 on 30% of the steps. The
+    chunk-local cumulative decay then reaches hundreds inside a chunk; its differences are taken in float64,
+    so float32 outputs and states stay at float32 accuracy (a float32 difference gave 3e-6 .. 1.3e-5)."""
+    gen = torch.Generator().manual_seed(3)
+    B, T, H, K, V = 3, 300, 16, 2, 8
+    q, k, v = (torch.randn(B, T, H, d, generator=gen) for d in (K, K, V))
+    g = -0.05 * torch.rand(B, T, H, generator=gen)
+    g = torch.where(torch.rand(B, T, H, generator=gen) < 0.3, torch.full_like(g, -20.0), g)
+    o64, s64 = recurrent_decay_attention(q.double(), k.double(), v.double(), g=g.double(), output_final_state=True)
+    o, s = reference.chunk_decay_attention_reference(q, k, v, g=g, output_final_state=True, chunk_size=chunk_size)
+    assert o.dtype == torch.float32 and s.dtype == torch.float32
+    assert float((o.double() - o64).norm() / o64.norm()) < 1e-6
+    assert float((s.double() - s64).norm() / s64.norm()) < 1e-6

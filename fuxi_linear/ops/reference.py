@@ -242,22 +242,25 @@ class _TokenDecay:
         Gc = Gs.unflatten(-1, (nc, C))  # (Bd, H, nc, C)
         before = G[..., start - 1:start] if start > 0 else None  # G before the segment (None: 0)
         if nc == 1 and start == 0:
-            b = _as(Gc, self.cdt)
+            b = Gc
         else:  # G before each chunk, subtracted: the chunk-local cumulative log-decay
             if before is None:
                 chunk_start = torch.nn.functional.pad(Gc[..., :-1, -1], (1, 0))
             else:
                 chunk_start = torch.cat([before, Gc[..., :-1, -1]], dim=-1) if nc > 1 else before  # (Bd, H, nc)
-            b = _as(Gc - chunk_start.unsqueeze(-1), self.cdt)
-        out = {"intra": _masked_exp(b[..., :, None] - b[..., None, :], _offsets(C, b.device, self.cdt)[3])}
+            b = Gc - chunk_start.unsqueeze(-1)
+        # Every difference is taken in float64, then cast: b reaches hundreds within a chunk when decays are
+        # strong (-20 per step), and a float32 difference of two such values loses ~1e-5 of the weight
+        # exp(b_t - b_s) of nearby tokens, the weights that matter.
+        cdt = self.cdt
+        out = {"intra": _masked_exp(_as(b[..., :, None] - b[..., None, :], cdt), _offsets(C, b.device, cdt)[3])}
         if with_states:
             ends = Gc[..., -1]  # Gamma_c
-            out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], self.cdt),
-                                     _offsets(nc, b.device, self.cdt)[3])
+            out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], cdt), _offsets(nc, b.device, cdt)[3])
             # only for a state entering the segment
-            out["carry"] = lambda: _decay_exp(_as(ends if before is None else ends - before, self.cdt))
-            out["into"] = _decay_exp(b)
-            out["out_of"] = _decay_exp(b[..., -1:] - b)
+            out["carry"] = lambda: _decay_exp(_as(ends if before is None else ends - before, cdt))
+            out["into"] = _decay_exp(_as(b, cdt))
+            out["out_of"] = _decay_exp(_as(b[..., -1:] - b, cdt))
         return out
 
     def to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
