@@ -9,8 +9,9 @@ import fuxi_linear.layers.retention as retention_module
 import fuxi_linear.model as model_module
 import fuxi_linear.ops.prefill as prefill_module
 from fuxi_linear import FuXiLinear, FuXiLinearConfig
-from fuxi_linear.ops import reference
-from fuxi_linear.ops.reference import auto_chunk_size, prepare_decay_attention, recurrent_decay_attention
+from fuxi_linear.ops import decay_plan, reference
+from fuxi_linear.ops.decay_plan import auto_chunk_size, prepare_decay_attention
+from fuxi_linear.ops.reference import recurrent_decay_attention
 from model_helpers import random_histories
 
 F64 = torch.float64
@@ -76,7 +77,7 @@ def test_ragged_final_states_and_last_outputs(T):
 
 def test_segments_carry_the_state(monkeypatch):
     """Long inputs are cut into segments of chunks; the state crosses segment borders exactly."""
-    monkeypatch.setattr(reference, "MAX_SEGMENT_CHUNKS", 3)
+    monkeypatch.setattr(decay_plan, "MAX_SEGMENT_CHUNKS", 3)
     H, K, V, C = 2, 3, 4, 5
     for T in (3 * C - 1, 3 * C, 3 * C + 1, 7 * C + 2):
         q, k, v, kw = _operands(2, T, H, K, V, "g", seed=T)
@@ -248,7 +249,7 @@ def test_training_after_inference_calls():
     """Operands cached during an inference call (index tensors, parameter-derived ones) never reach autograd."""
     from fuxi_linear.ops import prefill as prefill_ops
 
-    for cached in (reference._offsets, reference._steps_to_end, prefill_ops._repeat_matrix):
+    for cached in (decay_plan._offsets, decay_plan._steps_to_end, prefill_ops._repeat_matrix):
         cached.cache_clear()
     model = _bench_sized_model(torch.float32)
     lengths = torch.tensor([70, 33])

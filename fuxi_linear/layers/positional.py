@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..ops.fused_block_step import StepChannel, fused_block_step
 from ..ops.prefill import (cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, uses_plan,
                            without_autocast)
-from ..ops.reference import prepare_decay_attention
+from ..ops.decay_plan import prepare_decay_attention
 
 
 def sinusoidal_table(num_positions: int, width: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..ops.fused_block_step import StepChannel, fused_block_step
 from ..ops.prefill import (cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, repeat_last,
                            without_autocast)
-from ..ops.reference import DecayAttentionPlan, prepare_decay_attention
+from ..ops.decay_plan import DecayAttentionPlan, prepare_decay_attention
 from .step_cache import DerivedCache
 
 
@@ -183,7 +183,7 @@ class TemporalEncoding(nn.Module):
         (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. The arithmetic of
         the phases and decays is :meth:`features`'s, once per time (an event's query time is the next key time). ``ends`` (lengths where final
         states and last outputs are taken, None: all T) and the flags as in
-        :func:`fuxi_linear.ops.reference.prepare_decay_attention`; ``ragged=False`` promises that every history
+        :func:`fuxi_linear.ops.decay_plan.prepare_decay_attention`; ``ragged=False`` promises that every history
         fills the T columns. ``head_width``: the value width of a temporal head, D / 2Ht.
         """
         T = timestamps.shape[1]

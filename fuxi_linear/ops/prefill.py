@@ -1,5 +1,5 @@
 """The prefill entry point of the FuXi channels: one call that runs the operator on whole histories, on the
-CPU path (a :class:`~fuxi_linear.ops.reference.DecayAttentionPlan`) or through :func:`chunk_decay_attention`
+CPU path (a :class:`~fuxi_linear.ops.decay_plan.DecayAttentionPlan`) or through :func:`chunk_decay_attention`
 (the Triton kernels, packed input), and returns the outputs at every token or at each sequence's last token.
 
 The layers call it with tensors they built themselves from validated model inputs, so it does not validate
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 from .decay_attention import chunk_decay_attention, resolve_backend
-from .reference import DecayAttentionPlan, HeadDecay, prepare_decay_attention
+from .decay_plan import DecayAttentionPlan, HeadDecay, prepare_decay_attention
 
 OUTPUTS = ("all", "last")
 
@@ -133,7 +133,7 @@ def prefill_decay_attention(
         lengths: ``(B,)`` lengths of right-padded rows, where final states and last outputs are taken (None:
             every row has T tokens).
         outputs: ``"all"`` -> ``o (B, T, H, V)``; ``"last"`` -> ``o (B, H, V)`` at each sequence's last token.
-        plan: a :class:`~fuxi_linear.ops.reference.DecayAttentionPlan` of these q, k, g (CPU path), reused
+        plan: a :class:`~fuxi_linear.ops.decay_plan.DecayAttentionPlan` of these q, k, g (CPU path), reused
             instead of q/k/g.
     Returns:
         ``(o in v's dtype, final state (N, H, K, V) float32 — float64 for float64 input — or None)``.
