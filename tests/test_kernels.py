@@ -242,8 +242,8 @@ def test_gpu_no_recompile_for_new_T(monkeypatch):
     variants of each kernel family are compiled, new lengths compile nothing."""
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)  # the production configurations
     def n_compiled():
-        kernels = (launchers.decay_attn_fwd_kernel, launchers.small_heads_fwd_kernel, launchers.segment_summary_kernel,
-                   launchers.segment_scan_kernel)
+        kernels = (launchers.decay_attn_fwd_kernel, launchers.small_heads_fwd_kernel,
+                   launchers.segment_summary_kernel, launchers.segment_scan_kernel)
         return sum(len(c[0]) for kern in kernels for c in kern.device_caches.values())
 
     shapes = [(2, 2, 8), (4, 32, 32)]  # (H, K, V): small-head and general kernels

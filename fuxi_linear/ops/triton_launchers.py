@@ -183,13 +183,17 @@ def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, h
                  seg_first=first.to(device, torch.int32), seg_seq=seq.to(device, torch.int32))
 
 
-def _blocks(plan: _Plan) -> dict:
-    """Block constexprs and launch options of a main kernel."""
+def _launch_main(plan: _Plan, general_kernel, small_heads_kernel, precision: str, *args, **constexprs) -> None:
+    """Run a main kernel over ``plan``'s work items: the small-head or the general kernel as the plan chose, with
+    the plan's blocks and launch options (and, for the general kernels, the ``tl.dot`` precision)."""
     c = plan.cfg
     blocks = dict(BT=c.BT, BK=c.BK, BV=c.BV, num_warps=c.num_warps, num_stages=c.num_stages)
     if c.small:
         blocks["HB"] = c.HB
-    return blocks
+    else:
+        blocks["PRECISION"] = precision
+    kernel = small_heads_kernel if c.small else general_kernel
+    kernel[(plan.n_work * plan.head_programs,)](*args, **constexprs, **blocks)
 
 
 def _segment_boundaries(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final, cu_seqlens, scale, N, T,
@@ -256,14 +260,10 @@ def fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size):
     if plan.split:
         h_in = _segment_boundaries(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
                                    mode, acc, precision, reverse=False)
-    common = dict(H=H, K=K, V=V, DECAY=mode, USE_H0=h0 is not None, IS_VARLEN=varlen, SPLIT=plan.split,
-                  **_blocks(plan))
-    kernel = small_heads_fwd_kernel if plan.cfg.small else decay_attn_fwd_kernel
-    extra = {} if plan.cfg.small else dict(PRECISION=precision)
-    kernel[(plan.n_work * plan.head_programs,)](
-        q, k, v, g, g_gamma, h_in, o, ht, cu_seqlens, plan.seg_first, plan.seg_seq,
-        *sq, *sk, *sv, *sg, *so, float(scale), T, plan.L, plan.NS, **common, **extra,
-    )
+    _launch_main(plan, decay_attn_fwd_kernel, small_heads_fwd_kernel, precision,
+                 q, k, v, g, g_gamma, h_in, o, ht, cu_seqlens, plan.seg_first, plan.seg_seq,
+                 *sq, *sk, *sv, *sg, *so, float(scale), T, plan.L, plan.NS,
+                 H=H, K=K, V=V, DECAY=mode, USE_H0=h0 is not None, IS_VARLEN=varlen, SPLIT=plan.split)
     return o, ht
 
 
@@ -336,14 +336,11 @@ def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chu
     if plan.split:
         h_in = _segment_boundaries(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
                                    mode, acc, precision, reverse=False)
-    common = dict(H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic, **_blocks(plan))
-    kernel = small_heads_bwd_dq_kernel if plan.cfg.small else decay_attn_bwd_dq_kernel
-    extra = {} if plan.cfg.small else dict(PRECISION=precision)
-    kernel[(plan.n_work * plan.head_programs,)](
-        q, k, v, g, g_gamma, do, h_in, dq, scalars["bwd_dq"], ht, cu_seqlens, plan.seg_first, plan.seg_seq,
-        *sq, *sk, *sv, *sg, *sd, *sdq, float(scale), T, B * T, plan.L, plan.NS,
-        USE_H0=h0 is not None, STORE_FINAL=need_final and not plan.split, **common, **extra,
-    )
+    _launch_main(plan, decay_attn_bwd_dq_kernel, small_heads_bwd_dq_kernel, precision,
+                 q, k, v, g, g_gamma, do, h_in, dq, scalars["bwd_dq"], ht, cu_seqlens, plan.seg_first, plan.seg_seq,
+                 *sq, *sk, *sv, *sg, *sd, *sdq, float(scale), T, B * T, plan.L, plan.NS,
+                 H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic,
+                 USE_H0=h0 is not None, STORE_FINAL=need_final and not plan.split)
 
     # ---- dk, dv (reverse direction: the state gradient leaving each work item) ----
     plan = plans["bwd_dkv"]
@@ -351,14 +348,11 @@ def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chu
     if plan.split:
         dh_in = _segment_boundaries(plan, q, sq, do, sd, g, sg, g_gamma, dht, dh0, cu_seqlens, scale, N, T, H, K, V,
                                     mode, acc, precision, reverse=True)
-    common = dict(H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic, **_blocks(plan))
-    kernel = small_heads_bwd_dkv_kernel if plan.cfg.small else decay_attn_bwd_dkv_kernel
-    extra = {} if plan.cfg.small else dict(PRECISION=precision)
-    kernel[(plan.n_work * plan.head_programs,)](
-        q, k, v, g, g_gamma, do, dh_in, dk, dv, scalars["bwd_dkv"], dh0, cu_seqlens, plan.seg_first,
-        plan.seg_seq, *sq, *sk, *sv, *sg, *sd, *sdk, *sdv, float(scale), T, B * T, plan.L, plan.NS,
-        USE_DHT=dht is not None, USE_H0=h0 is not None, **common, **extra,
-    )
+    _launch_main(plan, decay_attn_bwd_dkv_kernel, small_heads_bwd_dkv_kernel, precision,
+                 q, k, v, g, g_gamma, do, dh_in, dk, dv, scalars["bwd_dkv"], dh0, cu_seqlens, plan.seg_first,
+                 plan.seg_seq, *sq, *sk, *sv, *sg, *sd, *sdk, *sdv, float(scale), T, B * T, plan.L, plan.NS,
+                 H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic,
+                 USE_DHT=dht is not None, USE_H0=h0 is not None)
 
     # absent inputs get distinct empty tensors (a custom op's outputs may not alias one another)
     dg_out = v.new_empty(0)
