@@ -1,7 +1,9 @@
 """Training and evaluation runs: data -> leave-one-out splits -> model -> AdamW -> best checkpoint -> metrics.
 
 ``fuxi-linear train`` and ``fuxi-linear eval`` (``fuxi_linear.cli``) are thin front ends over
-:func:`train` and :func:`evaluate_checkpoint`.
+:func:`train` and :func:`evaluate_checkpoint`. What a run depends on is a
+:class:`fuxi_linear.training_config.TrainConfig`; its checkpoints are read and written by
+:mod:`fuxi_linear.checkpoint`.
 
 Output folder ``DIR``: ``checkpoint.pt`` (the best epoch by validation NDCG@10; with the 2-way split, the
 last epoch), ``last.pt`` (for ``--resume``) and ``metrics.json`` =

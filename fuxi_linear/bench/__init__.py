@@ -11,8 +11,9 @@ Two stages, for every model on the same random inputs in one run:
 Timing: warm-up calls excluded, then the median of repeated calls; CUDA events around each call on a GPU
 (the device is synchronised before each call, so launch overhead counts, as it does when serving),
 ``time.perf_counter`` on a CPU. At each length the models are timed round-robin (one call of each per round),
-so a drifting load on a shared machine hits all of them alike. Models run in eval mode under ``torch.inference_mode()``. ``bf16``/``fp16``
-cast the weights (half-precision inference, as served); the FuXi-Linear states stay float32.
+so a drifting load on a shared machine hits all of them alike. Models run in eval mode under
+``torch.inference_mode()``. ``bf16``/``fp16`` cast the weights (half-precision inference, as served); the
+FuXi-Linear states stay float32.
 
 ``fuxi-linear bench`` (flags in :mod:`fuxi_linear.cli`) calls :func:`run_bench`; the ``benchmarks/`` pytest
 suites and the GPU suite reuse :func:`make_inputs`, :func:`build_bench_models` and :func:`decode_call`.

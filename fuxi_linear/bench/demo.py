@@ -219,10 +219,11 @@ def read_table(rows: Sequence[Dict[str, Any]], models: Sequence[str], seq_lens: 
     caches = [c for c in caches if c]
     if ours_state and caches:
         lo, hi = min(caches), max(caches)
-        size = format_bytes(hi) if format_bytes(lo) == format_bytes(hi) else f"{format_bytes(lo)}-{format_bytes(hi)}"
-        more = ("" if format_bytes(lo) == format_bytes(hi) else "at least ") + f"{lo / ours_state:.0f}×"
-        sentence += (f"; its decode state is {format_bytes(ours_state)} per user at every length, while a KV cache holds "
-                     f"{size} per user at T={T_max} ({more} as much)")
+        same = format_bytes(lo) == format_bytes(hi)
+        size = format_bytes(hi) if same else f"{format_bytes(lo)}-{format_bytes(hi)}"
+        more = ("" if same else "at least ") + f"{lo / ours_state:.0f}×"
+        sentence += (f"; its decode state is {format_bytes(ours_state)} per user at every length, while a KV cache "
+                     f"holds {size} per user at T={T_max} ({more} as much)")
     return sentence + "."
 
 

@@ -196,11 +196,15 @@ def _launch_main(plan: _Plan, general_kernel, small_heads_kernel, precision: str
     kernel[(plan.n_work * plan.head_programs,)](*args, **constexprs, **blocks)
 
 
-def _segment_boundaries(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final, cu_seqlens, scale, N, T,
-                        H, K, V, mode, acc, precision, reverse: bool) -> torch.Tensor:
-    """Boundary states of every segment ``(n_work, H, K, V)``: entering states (forward; x = k, y = v,
-    ``h_init`` = initial state, ``h_final`` <- final state) or gradients w.r.t. the state at each segment's
-    end (``reverse``; x = q, y = do, ``h_init`` = d final state, ``h_final`` <- d initial state)."""
+def _starting_states(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final, cu_seqlens, scale, N, T,
+                     H, K, V, mode, acc, precision, reverse: bool) -> Optional[torch.Tensor]:
+    """What a main kernel's work items start from: ``h_init`` (None, or one state per sequence) when the plan
+    does not split; otherwise the boundary states of every segment ``(n_work, H, K, V)``: entering states
+    (forward; x = k, y = v, ``h_init`` = initial state, ``h_final`` <- final state) or gradients w.r.t. the
+    state at each segment's end (``reverse``; x = q, y = do, ``h_init`` = d final state, ``h_final`` <- d
+    initial state)."""
+    if not plan.split:
+        return h_init
     dev = y.device
     # the summary kernel's own chunk length, a power of two dividing L (so its chunks tile every segment)
     half = y.dtype in (torch.float16, torch.bfloat16)
@@ -256,10 +260,8 @@ def fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size):
     o = _new((B, T, H, V), v.dtype, dev)
     _, so = _rows(o, varlen)
     ht = _new((N, H, K, V), acc, dev)
-    h_in = h0
-    if plan.split:
-        h_in = _segment_boundaries(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
-                                   mode, acc, precision, reverse=False)
+    h_in = _starting_states(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
+                            mode, acc, precision, reverse=False)
     _launch_main(plan, decay_attn_fwd_kernel, small_heads_fwd_kernel, precision,
                  q, k, v, g, g_gamma, h_in, o, ht, cu_seqlens, plan.seg_first, plan.seg_seq,
                  *sq, *sk, *sv, *sg, *so, float(scale), T, plan.L, plan.NS,
@@ -332,10 +334,8 @@ def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chu
 
     # ---- dq (forward direction: the state entering each work item) ----
     plan = plans["bwd_dq"]
-    h_in = h0
-    if plan.split:
-        h_in = _segment_boundaries(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
-                                   mode, acc, precision, reverse=False)
+    h_in = _starting_states(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
+                            mode, acc, precision, reverse=False)
     _launch_main(plan, decay_attn_bwd_dq_kernel, small_heads_bwd_dq_kernel, precision,
                  q, k, v, g, g_gamma, do, h_in, dq, scalars["bwd_dq"], ht, cu_seqlens, plan.seg_first, plan.seg_seq,
                  *sq, *sk, *sv, *sg, *sd, *sdq, float(scale), T, B * T, plan.L, plan.NS,
@@ -344,10 +344,8 @@ def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chu
 
     # ---- dk, dv (reverse direction: the state gradient leaving each work item) ----
     plan = plans["bwd_dkv"]
-    dh_in = dht
-    if plan.split:
-        dh_in = _segment_boundaries(plan, q, sq, do, sd, g, sg, g_gamma, dht, dh0, cu_seqlens, scale, N, T, H, K, V,
-                                    mode, acc, precision, reverse=True)
+    dh_in = _starting_states(plan, q, sq, do, sd, g, sg, g_gamma, dht, dh0, cu_seqlens, scale, N, T, H, K, V,
+                             mode, acc, precision, reverse=True)
     _launch_main(plan, decay_attn_bwd_dkv_kernel, small_heads_bwd_dkv_kernel, precision,
                  q, k, v, g, g_gamma, do, dh_in, dk, dv, scalars["bwd_dkv"], dh0, cu_seqlens, plan.seg_first,
                  plan.seg_seq, *sq, *sk, *sv, *sg, *sd, *sdk, *sdv, float(scale), T, B * T, plan.L, plan.NS,
