@@ -25,7 +25,7 @@ from typing import Callable, Tuple
 import pytest
 import torch
 
-from fuxi_linear.benchmarking import CPU_MODEL, DTYPES, PAPER_MODEL, parse_seq_lens, resolve_bench_device
+from fuxi_linear.bench import CPU_MODEL, DTYPES, PAPER_MODEL, parse_seq_lens, resolve_bench_device
 
 
 @dataclass(frozen=True)

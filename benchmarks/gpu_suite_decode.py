@@ -15,7 +15,7 @@ Rows (``item`` says which):
 * ``model.step`` -- the Kuai model (4 blocks, D=128) at N = 64 and 4096: eager with ``validate=True`` (the
   CUDA default: device-side asserts), eager with ``validate=False``, and one CUDA graph of the step; with the
   kernel launches (``torch.profiler``: ``cuda_kernels``; ``aten_kernel_ops`` counts the ATen calls that are
-  not views, Triton launches not included) and host synchronisations (:class:`fuxi_linear.benchmarking.
+  not views, Triton launches not included) and host synchronisations (:class:`fuxi_linear.bench.
   HostSyncCounter`) of one step. A graph replay is one launch and no synchronisation.
 * ``Decoder.step`` -- the serving loop's step of 64 users (graph replay, host bookkeeping and the copies of
   the inputs included).
@@ -178,7 +178,7 @@ def _step_inputs(N: int, device: torch.device):
 
 
 def _launches_and_syncs(fn: Callable[[], Any], device: torch.device) -> Dict[str, Any]:
-    from fuxi_linear.benchmarking import HostSyncCounter, count_cuda_kernel_launches
+    from fuxi_linear.bench import HostSyncCounter, count_cuda_kernel_launches
 
     with HostSyncCounter() as counter:
         fn()
@@ -263,7 +263,7 @@ def _decoder_rows(device: torch.device, dry_run: bool, log) -> List[Row]:
 
 
 def _versus_fuxi_alpha_rows(device: torch.device, dry_run: bool, log) -> List[Row]:
-    from fuxi_linear.benchmarking import BenchSettings, build_bench_models, decode_call, make_inputs, prefill_call
+    from fuxi_linear.bench import BenchSettings, build_bench_models, decode_call, make_inputs, prefill_call
 
     T, B = (16, 2) if dry_run else (8192, 32)
     if time_left() < 30:

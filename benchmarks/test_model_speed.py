@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fuxi_linear.benchmarking import (BENCH_MODELS, BenchSettings, build_bench_models, decode_call, make_inputs,
-                                      prefill_call, state_bytes_per_user)
+from fuxi_linear.bench import (BENCH_MODELS, BenchSettings, build_bench_models, decode_call, make_inputs,
+                               prefill_call, state_bytes_per_user)
 
 DECODE_ROUNDS = {"cuda": 50, "cpu": 15}
 

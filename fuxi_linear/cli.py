@@ -1,14 +1,24 @@
-"""Command line: ``fuxi-linear train | eval | bench | demo`` (also ``python -m fuxi_linear ...``)."""
+"""Command line: ``fuxi-linear train | eval | bench | demo`` (also ``python -m fuxi_linear ...``).
+
+Every flag of the package is declared here, one ``_add_*_arguments`` per subcommand; each subcommand turns its
+flags into the settings object of the module that does the work (:class:`fuxi_linear.training_config.TrainConfig`,
+:class:`fuxi_linear.bench.BenchSettings`, :class:`fuxi_linear.bench.DemoSettings`) and calls it. A
+``ValueError``/``TypeError`` (a bad flag value) is printed as ``fuxi-linear CMD: error: ...`` with exit code 2.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-from .data import DATASET_NAMES
 from .acceleration import PRECISIONS
-from .training import MODEL_NAMES, PRESETS, TrainConfig, evaluate_checkpoint, train
+from .bench.demo import DemoSettings
+from .bench.settings import (BENCH_MODELS, CPU_DEFAULTS, CPU_SEQ_LENS, GPU_DECODE_USERS, GPU_DEFAULTS, GPU_SEQ_LENS,
+                             BenchSettings, parse_models, parse_seq_lens)
+from .data import DATASET_NAMES
+from .registry import MODEL_NAMES
+from .training_config import PRESETS, TrainConfig
+from .utils import atomic_write_json, check_int
 
 
 def _int_list(text: str) -> tuple:
@@ -75,6 +85,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "compiler)")
     p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation NDCG@10")
+    p.add_argument("--resume", help="continue from a checkpoint (DIR/last.pt)")
 
 
 _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
@@ -85,6 +96,7 @@ _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of ``fuxi-linear train`` flags: the preset, then every flag given."""
     if args.batch_size is not None and args.global_batch_size is not None:
         raise ValueError("give --batch-size (per process) or --global-batch-size (over all processes), not both")
     if args.compile_backend is not None and not args.compile:
@@ -109,41 +121,132 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="fuxi-linear", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train a model and write DIR/metrics.json and DIR/checkpoint.pt")
-    _add_train_arguments(p_train)
-    p_train.add_argument("--resume", help="continue from a checkpoint (DIR/last.pt)")
-    p_eval = sub.add_parser("eval", help="re-score a checkpoint on its validation and test splits")
-    p_eval.add_argument("--checkpoint", required=True)
-    p_eval.add_argument("--data-path", help="where the dataset is now, if it moved")
-    p_eval.add_argument("--device")
-    p_eval.add_argument("--mrr-cap", type=int)
-    p_eval.add_argument("--json", help="also write the metrics here")
-    p_eval.add_argument("--no-progress", action="store_true")
-    from .benchmarking import add_bench_arguments, run_bench_command
-    from .demo import add_demo_arguments, run_demo_command
+def run_train_command(args: argparse.Namespace) -> Dict[str, Any]:
+    from .training import train
 
-    add_bench_arguments(sub.add_parser("bench", help="time prefill and decode of FuXi-Linear vs HSTU, FuXi-alpha "
-                                       "and SASRec (the paper's Figure 2)"))
-    add_demo_arguments(sub.add_parser("demo", help="train briefly on synthetic data, evaluate against the "
-                                      "most-popular baseline, then benchmark"))
-    args = parser.parse_args(argv)
+    return train(config_from_args(args), resume=args.resume)
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-path", help="where the dataset is now, if it moved")
+    p.add_argument("--device")
+    p.add_argument("--mrr-cap", type=int)
+    p.add_argument("--json", help="also write the metrics here")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_eval_command(args: argparse.Namespace) -> Dict[str, Any]:
+    from .training import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, {"data_path": args.data_path, "device": args.device,
+                                                   "mrr_cap": args.mrr_cap,
+                                                   "progress": False if args.no_progress else None})
+    if args.json:
+        atomic_write_json(args.json, result, indent=2)
+    return result
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--seq-lens", help="comma list of history lengths (default "
+                   f"{','.join(map(str, GPU_SEQ_LENS))} on GPU, {','.join(map(str, CPU_SEQ_LENS))} on CPU)")
+    p.add_argument("--batch-size", type=int, help=f"users per batch (default {GPU_DEFAULTS['batch_size']} on GPU, "
+                   f"{CPU_DEFAULTS['batch_size']} on CPU)")
+    p.add_argument("--models", default="all", help=f"comma list of {', '.join(BENCH_MODELS)} (default all)")
+    p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16 (weights cast; GPU, or a CPU "
+                   "with native kernels for it)")
+    p.add_argument("--embedding-dim", type=int, help="D (default 128 on GPU = the paper; 64 on CPU)")
+    p.add_argument("--num-blocks", type=int, help="default 4 on GPU (the paper), 2 on CPU")
+    p.add_argument("--num-heads", type=int, help="default 4")
+    p.add_argument("--qk-dim", type=int, help="per-head q/k width (default 32 on GPU = the paper, 16 on CPU)")
+    p.add_argument("--warmup", type=int, help="untimed calls before timing (default "
+                   f"{GPU_DEFAULTS['warmup']} GPU / {CPU_DEFAULTS['warmup']} CPU)")
+    p.add_argument("--repeats", type=int, help="timed prefill calls; the median is reported (default "
+                   f"{GPU_DEFAULTS['repeats']} GPU / {CPU_DEFAULTS['repeats']} CPU)")
+    p.add_argument("--decode-repeats", type=int, help="timed decode steps (default "
+                   f"{GPU_DEFAULTS['decode_repeats']} GPU / {CPU_DEFAULTS['decode_repeats']} CPU)")
+    p.add_argument("--decode-users", help="comma list of users per step for FuXi-Linear's decode-throughput sweep "
+                   f"(default {','.join(map(str, GPU_DECODE_USERS))} on GPU, none on CPU)")
+    p.add_argument("--peak-gbs", type=float, help="memory bandwidth (GB/s) for the decode '%% of peak' (default: "
+                   "the GPU's nominal datasheet figure, when known)")
+    p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
+                   help="FuXi-Linear's operator backend (auto: Triton on CUDA)")
+    p.add_argument("--threads", type=int, help="CPU only: torch threads for the run (default: torch's; 1 is "
+                   "the steadiest on a shared, oversubscribed machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--plot", help="write a Figure-2-style PNG here (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """The :class:`BenchSettings` of ``fuxi-linear bench`` flags (checked by ``BenchSettings.resolve``)."""
+    return BenchSettings(
+        device=args.device, seq_lens=parse_seq_lens(args.seq_lens) if args.seq_lens is not None else None,
+        batch_size=args.batch_size, models=parse_models(args.models), dtype=args.dtype,
+        embedding_dim=args.embedding_dim, num_blocks=args.num_blocks, num_heads=args.num_heads, qk_dim=args.qk_dim,
+        warmup=args.warmup, repeats=args.repeats, decode_repeats=args.decode_repeats, seed=args.seed,
+        backend=args.backend, threads=args.threads, progress=not args.no_progress,
+        decode_users=parse_seq_lens(args.decode_users, "--decode-users") if args.decode_users is not None else None,
+        peak_gbs=args.peak_gbs,
+    )
+
+
+def run_bench_command(args: argparse.Namespace):
+    """``fuxi-linear bench``: measure, print the report, write ``--json`` and ``--plot``."""
+    from .bench.run import run_bench
+
+    return run_bench(bench_settings_from_args(args), json_path=args.json, plot_path=args.plot)
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    d = DemoSettings()
+    p.add_argument("--output", default=d.output, help=f"output folder (default {d.output})")
+    p.add_argument("--device", default=d.device, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, help="CPU torch threads for the demo (default: torch's; 1 is faster on "
+                   "a shared, oversubscribed machine)")
+    p.add_argument("--no-bench", action="store_true", help="skip the speed benchmark")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_demo_command(args: argparse.Namespace) -> Dict[str, Any]:
+    """``fuxi-linear demo``: train, evaluate and benchmark (:func:`fuxi_linear.bench.run_demo`)."""
+    from .bench.demo import run_demo
+
+    if args.threads is not None:
+        check_int("--threads", args.threads)
+    return run_demo(DemoSettings(output=args.output, device=args.device, epochs=args.epochs, seed=args.seed,
+                                 threads=args.threads, bench=not args.no_bench, progress=not args.no_progress))
+
+
+#: subcommand -> (help, add its flags, run it)
+COMMANDS = {
+    "train": ("train a model and write DIR/metrics.json and DIR/checkpoint.pt", _add_train_arguments,
+              run_train_command),
+    "eval": ("re-score a checkpoint on its validation and test splits", _add_eval_arguments, run_eval_command),
+    "bench": ("time prefill and decode of FuXi-Linear vs HSTU, FuXi-alpha and SASRec (the paper's Figure 2)",
+              add_bench_arguments, run_bench_command),
+    "demo": ("train briefly on synthetic data, evaluate against the most-popular baseline, then benchmark",
+             add_demo_arguments, run_demo_command),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fuxi-linear`` parser with its four subcommands."""
+    parser = argparse.ArgumentParser(prog="fuxi-linear", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            train(config_from_args(args), resume=args.resume)
-        elif args.command == "eval":
-            result = evaluate_checkpoint(args.checkpoint, {"data_path": args.data_path, "device": args.device,
-                                                           "mrr_cap": args.mrr_cap,
-                                                           "progress": False if args.no_progress else None})
-            if args.json:
-                with open(args.json, "w", encoding="utf-8") as f:
-                    json.dump(result, f, indent=2)
-        elif args.command == "bench":
-            run_bench_command(args)
-        elif args.command == "demo":
-            run_demo_command(args)
+        COMMANDS[args.command][2](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"fuxi-linear {args.command}: error: {err}", file=sys.stderr)
         return 2

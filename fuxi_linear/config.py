@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from .ops.decay_attention import BACKENDS
+from .utils import check_positive_ints
 
 
 #: Default temporal periods per timestamp unit (SPEC §3): ``base^(start + m*stride)`` for m < num_periods
@@ -89,11 +90,8 @@ class FuXiLinearConfig(ConfigDictMixin):
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("num_items", "max_seq_len", "embedding_dim", "num_blocks", "num_heads", "ffn_multiply",
-                     "temporal_num_periods", "positional_dim", "num_negatives"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, ("num_items", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
+                                   "ffn_multiply", "temporal_num_periods", "positional_dim", "num_negatives"))
         if self.qk_dim is None:
             self.qk_dim = self.embedding_dim // self.num_heads
         if self.embedding_dim % self.num_heads:

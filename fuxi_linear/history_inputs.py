@@ -6,8 +6,7 @@ from typing import Optional
 import torch
 
 from .ops.value_checks import ValueChecks
-
-INT_DTYPES = (torch.int32, torch.int64)
+from .utils import INT_DTYPES
 
 
 def _tensor(name: str, x: object, ndim: int, shape_doc: str) -> torch.Tensor:

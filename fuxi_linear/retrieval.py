@@ -10,19 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .history_inputs import check_item_ids
+from .utils import check_int
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``x / max(||x||_2, eps)`` over the last dimension; zero rows stay zero. ``x: (..., D)``."""
     return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def sampled_softmax_loss(
@@ -73,7 +66,7 @@ def sampled_softmax_loss(
         raise ValueError("sampled_softmax_loss needs at least one row (M >= 1)")
     if int(positive_ids.min()) < 1:
         raise ValueError("positive_ids must be real items in [1, N], got padding id 0")
-    _positive_int("num_negatives", num_negatives)
+    check_int("num_negatives", num_negatives)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     if reduction not in ("mean", "sum"):

@@ -34,6 +34,7 @@ from .history_inputs import check_step_events
 from .layers.step_cache import DerivedCache
 from .model import FuXiLinear
 from .ops.value_checks import ValueChecks, resolve_value_check_mode
+from .utils import check_int
 
 __all__ = ["Decoder", "batch_buckets"]
 
@@ -113,8 +114,7 @@ class Decoder:
             raise TypeError(f"model must be a FuXiLinear, got {type(model).__name__}")
         if model.training:
             raise ValueError("model must be in eval mode (model.eval()): the decoder serves, it does not train")
-        if not isinstance(max_users, int) or isinstance(max_users, bool) or max_users < 1:
-            raise ValueError(f"max_users must be a positive int, got {max_users!r}")
+        check_int("max_users", max_users)
         model_device = next(model.parameters()).device
         self.device = model_device if device is None else torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:

@@ -24,7 +24,8 @@ instead of being written as per-program partial sums; otherwise stored.
 import triton
 import triton.language as tl
 
-from .common import LOG2E, chunk_decay, decay_diff, decay_value, tf32_round, token_row, work_item
+from .common import (add_boundary_state, chunk_decay, decay_diff, decay_value, head_log2_decay, sequence_rows,
+                     tf32_round, tile_indices, token_row, work_head_vblock, work_item)
 
 __all__ = ["decay_attn_bwd_dq_kernel", "decay_attn_bwd_dkv_kernel"]
 
@@ -45,43 +46,26 @@ def decay_attn_bwd_dq_kernel(
     per-token ``q . dq`` of its V-block into ``qdq (NV, TT, H)`` float32 (``DECAY > 0``; ``TT`` rows of v's
     token axis) and, with ``STORE_FINAL``, the final state into ``h_out (N, H, K, V)``."""
     NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_wh = pid // NV
-    i_h = i_wh % H
-    w = i_wh // H
+    w, i_h, i_v = work_head_vblock(NV, H)
     ACC: tl.constexpr = dq.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, SPLIT)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    causal = o_i[:, None] >= o_i[None, :]
-    gamma2 = 0.
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + i_h).to(ACC) * LOG2E
+    o_i, o_k, o_v, m_k, m_v, m_kv, causal = tile_indices(i_v, K, V, BT, BK, BV)
+    gamma2 = head_log2_decay(g_gamma, i_h, DECAY, ACC)
 
-    p_q0 = q + n * sq_b + bos * sq_t + i_h * sq_h
-    p_k0 = k + n * sk_b + bos * sk_t + i_h * sk_h
-    p_v0 = v + n * sv_b + bos * sv_t + i_h * sv_h
+    p_q0 = sequence_rows(q, n, bos, sq_b, sq_t) + i_h * sq_h
+    p_k0 = sequence_rows(k, n, bos, sk_b, sk_t) + i_h * sk_h
+    p_v0 = sequence_rows(v, n, bos, sv_b, sv_t) + i_h * sv_h
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t + i_h * sg_h
-    p_do0 = do + n * sd_b + bos * sd_t + i_h * sd_h
-    p_dq0 = dq + n * sdq_b + bos * sdq_t + i_h * sdq_h
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t) + i_h * sg_h
+    p_do0 = sequence_rows(do, n, bos, sd_b, sd_t) + i_h * sd_h
+    p_dq0 = sequence_rows(dq, n, bos, sdq_b, sdq_t) + i_h * sdq_h
     p_qdq0 = qdq  # None unless DECAY > 0
     if DECAY > 0:
         p_qdq0 = qdq + i_v * TT * H + token_row(n, bos, T, IS_VARLEN) * H + i_h
     o_kv = i_h * (K * V) + o_k[:, None] * V + o_v[None, :]
-
-    b_s = tl.zeros([BK, BV], dtype=ACC)
-    if SPLIT:
-        b_s += tl.load(h_in + w * (H * K * V) + o_kv, mask=m_kv, other=0.).to(ACC)
-    elif USE_H0:
-        b_s += tl.load(h_in + n * (H * K * V) + o_kv, mask=m_kv, other=0.).to(ACC)
+    b_s = add_boundary_state(tl.zeros([BK, BV], dtype=ACC), h_in, w, n, o_kv, m_kv, H * K * V, SPLIT, USE_H0)
 
     for t0 in range(t_begin, t_end, BT):
         n_valid = tl.minimum(t_end - t0, BT)
@@ -139,45 +123,28 @@ def decay_attn_bwd_dkv_kernel(
     V-block into ``kdk (NV, TT, H)`` (``DECAY > 0``) and, unless ``SPLIT`` (the reverse segment scan has it
     then), ``d initial_state`` into ``dh0 (N, H, K, V)`` (``USE_H0``)."""
     NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_wh = pid // NV
-    i_h = i_wh % H
-    w = i_wh // H
+    w, i_h, i_v = work_head_vblock(NV, H)
     ACC: tl.constexpr = dk.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, SPLIT)
     n_chunks = tl.cdiv(t_end - t_begin, BT)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    causal = o_i[:, None] >= o_i[None, :]
-    gamma2 = 0.
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + i_h).to(ACC) * LOG2E
+    o_i, o_k, o_v, m_k, m_v, m_kv, causal = tile_indices(i_v, K, V, BT, BK, BV)
+    gamma2 = head_log2_decay(g_gamma, i_h, DECAY, ACC)
 
-    p_q0 = q + n * sq_b + bos * sq_t + i_h * sq_h
-    p_k0 = k + n * sk_b + bos * sk_t + i_h * sk_h
-    p_v0 = v + n * sv_b + bos * sv_t + i_h * sv_h
+    p_q0 = sequence_rows(q, n, bos, sq_b, sq_t) + i_h * sq_h
+    p_k0 = sequence_rows(k, n, bos, sk_b, sk_t) + i_h * sk_h
+    p_v0 = sequence_rows(v, n, bos, sv_b, sv_t) + i_h * sv_h
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t + i_h * sg_h
-    p_do0 = do + n * sd_b + bos * sd_t + i_h * sd_h
-    p_dk0 = dk + n * sdk_b + bos * sdk_t + i_h * sdk_h
-    p_dv0 = dv + n * sdv_b + bos * sdv_t + i_h * sdv_h
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t) + i_h * sg_h
+    p_do0 = sequence_rows(do, n, bos, sd_b, sd_t) + i_h * sd_h
+    p_dk0 = sequence_rows(dk, n, bos, sdk_b, sdk_t) + i_h * sdk_h
+    p_dv0 = sequence_rows(dv, n, bos, sdv_b, sdv_t) + i_h * sdv_h
     p_kdk0 = kdk  # None unless DECAY > 0
     if DECAY > 0:
         p_kdk0 = kdk + i_v * TT * H + token_row(n, bos, T, IS_VARLEN) * H + i_h
     o_kv = i_h * (K * V) + o_k[:, None] * V + o_v[None, :]
-
-    b_ds = tl.zeros([BK, BV], dtype=ACC)
-    if SPLIT:
-        b_ds += tl.load(dh_in + w * (H * K * V) + o_kv, mask=m_kv, other=0.).to(ACC)
-    elif USE_DHT:
-        b_ds += tl.load(dh_in + n * (H * K * V) + o_kv, mask=m_kv, other=0.).to(ACC)
+    b_ds = add_boundary_state(tl.zeros([BK, BV], dtype=ACC), dh_in, w, n, o_kv, m_kv, H * K * V, SPLIT, USE_DHT)
 
     for i_r in range(0, n_chunks):
         t0 = t_begin + (n_chunks - 1 - i_r) * BT

@@ -15,7 +15,8 @@ blocks of at least 16 with masked loads, padded rows/columns are never stored.
 import triton
 import triton.language as tl
 
-from .common import LOG2E, chunk_decay, decay_diff, decay_value, tf32_round, work_item
+from .common import (add_boundary_state, chunk_decay, decay_diff, decay_value, head_log2_decay, sequence_rows,
+                     tf32_round, tile_indices, work_head_vblock, work_item)
 
 __all__ = ["decay_attn_fwd_kernel"]
 
@@ -39,39 +40,23 @@ def decay_attn_fwd_kernel(
     DECAY: 0 none, 1 per-token ``g``, 2 per-head ``g_gamma``.
     """
     NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_wh = pid // NV
-    i_h = i_wh % H
-    w = i_wh // H
+    w, i_h, i_v = work_head_vblock(NV, H)
     ACC: tl.constexpr = h_out.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, SPLIT)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    causal = o_i[:, None] >= o_i[None, :]
-    gamma2 = 0.
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + i_h).to(ACC) * LOG2E
+    o_i, o_k, o_v, m_k, m_v, m_kv, causal = tile_indices(i_v, K, V, BT, BK, BV)
+    gamma2 = head_log2_decay(g_gamma, i_h, DECAY, ACC)
 
-    p_q0 = q + n * sq_b + bos * sq_t + i_h * sq_h
-    p_k0 = k + n * sk_b + bos * sk_t + i_h * sk_h
-    p_v0 = v + n * sv_b + bos * sv_t + i_h * sv_h
+    p_q0 = sequence_rows(q, n, bos, sq_b, sq_t) + i_h * sq_h
+    p_k0 = sequence_rows(k, n, bos, sk_b, sk_t) + i_h * sk_h
+    p_v0 = sequence_rows(v, n, bos, sv_b, sv_t) + i_h * sv_h
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t + i_h * sg_h
-    p_o0 = o + n * so_b + bos * so_t + i_h * so_h
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t) + i_h * sg_h
+    p_o0 = sequence_rows(o, n, bos, so_b, so_t) + i_h * so_h
     o_kv = i_h * (K * V) + o_k[:, None] * V + o_v[None, :]
 
-    b_s = tl.zeros([BK, BV], dtype=ACC)
-    if SPLIT:
-        b_s += tl.load(h_in + w * (H * K * V) + o_kv, mask=m_kv, other=0.).to(ACC)
-    elif USE_H0:
-        b_s += tl.load(h_in + n * (H * K * V) + o_kv, mask=m_kv, other=0.).to(ACC)
+    b_s = add_boundary_state(tl.zeros([BK, BV], dtype=ACC), h_in, w, n, o_kv, m_kv, H * K * V, SPLIT, USE_H0)
 
     for t0 in range(t_begin, t_end, BT):
         n_valid = tl.minimum(t_end - t0, BT)

@@ -128,3 +128,61 @@ def tf32_round(x, PRECISION: tl.constexpr):
     if PRECISION == "tf32" and x.dtype == tl.float32:
         x = ((x.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
     return x
+
+
+# ---------------------------------------------------------------------------------------------- prologue
+# The kernels' shared set-up: which program is which, tile offsets and masks, row pointers and the state a
+# work item starts from. Inlined helpers that compile to the same registers as the code written out in each
+# kernel (checked per variant with ``python -m fuxi_linear.kernels.resources``). The tile pointers of the
+# loads in the chunk loops stay written out: the same arithmetic in a helper cost a register in a tl.load.
+
+@triton.jit
+def work_head_vblock(NV: tl.constexpr, H: tl.constexpr):
+    """``(w, i_h, i_v)`` (int64) of this program in the general kernels' grid: program ``(w * H + i_h) * NV +
+    i_v`` is V-block ``i_v`` of head ``i_h`` of work item ``w``."""
+    pid = tl.program_id(0).to(tl.int64)
+    i_v = pid % NV
+    i_wh = pid // NV
+    i_h = i_wh % H
+    return i_wh // H, i_h, i_v
+
+
+@triton.jit
+def tile_indices(i_v, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks of a general kernel's tiles: chunk rows ``o_i (BT,)``, key columns ``o_k (BK,)`` and
+    V-block ``i_v``'s value columns ``o_v (BV,)``; the masks ``m_k``, ``m_v`` of the real columns, ``m_kv`` of
+    the ``(BK, BV)`` state block, and the causal ``(BT, BT)`` mask ``i >= j``."""
+    o_i = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    return o_i, o_k, o_v, m_k, m_v, m_k[:, None] & m_v[None, :], o_i[:, None] >= o_i[None, :]
+
+
+@triton.jit
+def head_log2_decay(g_gamma, i_h, DECAY: tl.constexpr, ACC: tl.constexpr):
+    """Head ``i_h``'s per-head log-decay in log2 units (``DECAY == 2``); 0 (unused) otherwise."""
+    gamma2 = 0.
+    if DECAY == 2:
+        gamma2 = tl.load(g_gamma + i_h).to(ACC) * LOG2E
+    return gamma2
+
+
+@triton.jit
+def sequence_rows(x, n, bos, s_b, s_t):
+    """Pointer to the first token of sequence ``n`` (batch row ``n``, or packed row ``bos``) of a tensor
+    addressed through its (batch, token) strides; add ``head * s_h`` for one head."""
+    return x + n * s_b + bos * s_t
+
+
+@triton.jit
+def add_boundary_state(b_s, h_in, w, n, o_s, m_s, HKV: tl.constexpr, SPLIT: tl.constexpr, USE: tl.constexpr):
+    """``b_s`` plus the state a work item starts from: with ``SPLIT`` the boundary state of work item ``w``
+    (``h_in (n_work, H, K, V)``), else sequence ``n``'s given state when ``USE`` (``h_in (N, H, K, V)``).
+    ``o_s``/``m_s``: offsets (within one ``H * K * V`` block, ``HKV``) and mask of the program's state tile."""
+    if SPLIT:
+        b_s += tl.load(h_in + w * HKV + o_s, mask=m_s, other=0.).to(b_s.dtype)
+    elif USE:
+        b_s += tl.load(h_in + n * HKV + o_s, mask=m_s, other=0.).to(b_s.dtype)
+    return b_s

@@ -18,7 +18,8 @@ Decays are in log2 units (``exp2``); see :mod:`fuxi_linear.kernels.common` for t
 import triton
 import triton.language as tl
 
-from .common import LOG2E, chunk_decay, decay_diff, decay_value, tf32_round, work_item
+from .common import (chunk_decay, decay_diff, decay_value, head_log2_decay, sequence_rows, tf32_round,
+                     tile_indices, work_head_vblock, work_item)
 
 __all__ = ["segment_summary_kernel", "segment_scan_kernel"]
 
@@ -38,27 +39,17 @@ def segment_summary_kernel(
     accumulation dtype and, from V-block 0, ``seg_decay[w, h]`` = ``G_s`` in log2 units.
     """
     NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_wh = pid // NV
-    i_h = i_wh % H
-    w = i_wh // H
+    w, i_h, i_v = work_head_vblock(NV, H)
     ACC: tl.constexpr = summary.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, True)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    gamma2 = 0.
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + i_h).to(ACC) * LOG2E
-    p_x0 = x + n * sx_b + bos * sx_t + i_h * sx_h
-    p_y0 = y + n * sy_b + bos * sy_t + i_h * sy_h
+    o_i, o_k, o_v, m_k, m_v, m_kv, _ = tile_indices(i_v, K, V, BT, BK, BV)
+    gamma2 = head_log2_decay(g_gamma, i_h, DECAY, ACC)
+    p_x0 = sequence_rows(x, n, bos, sx_b, sx_t) + i_h * sx_h
+    p_y0 = sequence_rows(y, n, bos, sy_b, sy_t) + i_h * sy_h
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t + i_h * sg_h
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t) + i_h * sg_h
 
     b_u = tl.zeros([BK, BV], dtype=ACC)
     b_total = tl.sum(tl.zeros([BT], dtype=ACC), axis=0)
@@ -87,7 +78,7 @@ def segment_summary_kernel(
     if REVERSE:
         b_u = b_u * scale
     p_s = summary + w * (H * K * V) + i_h * (K * V) + o_k[:, None] * V + o_v[None, :]
-    tl.store(p_s, b_u, mask=m_k[:, None] & m_v[None, :])
+    tl.store(p_s, b_u, mask=m_kv)
     if i_v == 0:
         tl.store(seg_decay + w * H + i_h, b_total)
 
@@ -106,11 +97,7 @@ def segment_scan_kernel(
     Every (K, V) tensor is indexed ``[row, h]`` and contiguous; ``seg_decay`` is ``(n_work, H)`` log2 units.
     """
     NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_nh = pid // NV
-    i_h = i_nh % H
-    n = i_nh // H
+    n, i_h, i_v = work_head_vblock(NV, H)  # the grid of the main kernels, over sequences
     ACC: tl.constexpr = summary.dtype.element_ty
     if IS_VARLEN:
         w0 = tl.load(seg_first + n).to(tl.int64)

@@ -20,7 +20,8 @@ for the decay gradient. Shapes inside: ``(BT, BT, HB)`` pair tiles, ``(HB, K, V)
 import triton
 import triton.language as tl
 
-from .common import LOG2E, cumulative_log2_decay, decay_diff, decay_value, last_row, token_row, work_item
+from .common import (LOG2E, add_boundary_state, cumulative_log2_decay, decay_diff, decay_value, last_row,
+                     sequence_rows, token_row, work_item)
 
 __all__ = ["small_heads_fwd_kernel", "small_heads_bwd_dq_kernel", "small_heads_bwd_dkv_kernel"]
 
@@ -44,6 +45,42 @@ def _chunk_decay_heads(g_seq, t0, sg_t, sg_h, o_h, m_h, n_valid, BT: tl.constexp
 
 
 @triton.jit
+def _work_head_block(H: tl.constexpr, HB: tl.constexpr):
+    """``(w, o_h)`` of this program: program ``w * cdiv(H, HB) + b`` is head block ``b`` (heads ``o_h (HB,)``)
+    of work item ``w`` (int64)."""
+    NHB: tl.constexpr = (H + HB - 1) // HB
+    pid = tl.program_id(0).to(tl.int64)
+    return pid // NHB, (pid % NHB) * HB + tl.arange(0, HB)
+
+
+@triton.jit
+def _tile_indices_heads(o_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks of a head block's tiles: rows ``o_i``, key and value elements ``o_k``, ``o_v``, the
+    masks of real heads ``m_h`` and elements ``m_k``, ``m_v``, the causal ``(BT, BT, 1)`` mask, and the
+    offsets ``o_s`` / mask ``m_s`` of the ``(HB, BK, BV)`` states within one ``H * K * V`` block."""
+    o_i = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_h = o_h < H
+    m_k = o_k < K
+    m_v = o_v < V
+    causal = (o_i[:, None] >= o_i[None, :])[:, :, None]
+    o_s = o_h[:, None, None] * (K * V) + o_k[None, :, None] * V + o_v[None, None, :]
+    m_s = m_h[:, None, None] & m_k[None, :, None] & m_v[None, None, :]
+    return o_i, o_k, o_v, m_h, m_k, m_v, causal, o_s, m_s
+
+
+@triton.jit
+def _heads_log2_decay(g_gamma, o_h, m_h, HB: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr):
+    """Per-head log-decays of heads ``o_h`` in log2 units ``(HB,)`` (``DECAY == 2``); zeros otherwise."""
+    gamma2 = tl.zeros([HB], dtype=ACC)
+    if DECAY == 2:
+        gamma2 = tl.load(g_gamma + o_h, mask=m_h, other=0.).to(ACC) * LOG2E
+    return gamma2
+
+
+@triton.jit
 def _rows(base, t0, s_t, s_h, o_i, o_h, o_x, m_t, m_h, m_x):
     """Pointers and mask of a ``(BT, HB, X)`` tile: rows t0 + o_i, heads o_h, last-axis elements o_x."""
     p = base + t0 * s_t + o_i[:, None, None] * s_t + o_h[None, :, None] * s_h + o_x[None, None, :]
@@ -61,39 +98,22 @@ def small_heads_fwd_kernel(
 ):
     """Grid ``(n_work * cdiv(H, HB),)``, program ``w * cdiv(H, HB) + head block``. Arguments as
     :func:`fuxi_linear.kernels.chunk_fwd.decay_attn_fwd_kernel` (``BK, BV``: K, V padded to powers of two)."""
-    NHB: tl.constexpr = (H + HB - 1) // HB
-    pid = tl.program_id(0).to(tl.int64)
-    w = pid // NHB
-    o_h = (pid % NHB) * HB + tl.arange(0, HB)
+    w, o_h = _work_head_block(H, HB)
     ACC: tl.constexpr = h_out.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, SPLIT)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = tl.arange(0, BV)
-    m_h = o_h < H
-    m_k = o_k < K
-    m_v = o_v < V
-    causal = (o_i[:, None] >= o_i[None, :])[:, :, None]
-    gamma2 = tl.zeros([HB], dtype=ACC)
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + o_h, mask=m_h, other=0.).to(ACC) * LOG2E
+    o_i, o_k, o_v, m_h, m_k, m_v, causal, o_s, m_s = _tile_indices_heads(o_h, H, K, V, BT, BK, BV)
+    gamma2 = _heads_log2_decay(g_gamma, o_h, m_h, HB, DECAY, ACC)
 
-    p_q0 = q + n * sq_b + bos * sq_t
-    p_k0 = k + n * sk_b + bos * sk_t
-    p_v0 = v + n * sv_b + bos * sv_t
+    p_q0 = sequence_rows(q, n, bos, sq_b, sq_t)
+    p_k0 = sequence_rows(k, n, bos, sk_b, sk_t)
+    p_v0 = sequence_rows(v, n, bos, sv_b, sv_t)
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t
-    p_o0 = o + n * so_b + bos * so_t
-    o_s = o_h[:, None, None] * (K * V) + o_k[None, :, None] * V + o_v[None, None, :]
-    m_s = m_h[:, None, None] & m_k[None, :, None] & m_v[None, None, :]
-
-    b_s = tl.zeros([HB, BK, BV], dtype=ACC)
-    if SPLIT:
-        b_s += tl.load(h_in + w * (H * K * V) + o_s, mask=m_s, other=0.).to(ACC)
-    elif USE_H0:
-        b_s += tl.load(h_in + n * (H * K * V) + o_s, mask=m_s, other=0.).to(ACC)
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t)
+    p_o0 = sequence_rows(o, n, bos, so_b, so_t)
+    b_s = add_boundary_state(tl.zeros([HB, BK, BV], dtype=ACC), h_in, w, n, o_s, m_s, H * K * V, SPLIT,
+                             USE_H0)
 
     for t0 in range(t_begin, t_end, BT):
         n_valid = tl.minimum(t_end - t0, BT)
@@ -143,43 +163,26 @@ def small_heads_bwd_dq_kernel(
 ):
     """Grid as :func:`small_heads_fwd_kernel`; outputs as
     :func:`fuxi_linear.kernels.chunk_bwd.decay_attn_bwd_dq_kernel` (``qdq`` is ``(1, TT, H)``)."""
-    NHB: tl.constexpr = (H + HB - 1) // HB
-    pid = tl.program_id(0).to(tl.int64)
-    w = pid // NHB
-    o_h = (pid % NHB) * HB + tl.arange(0, HB)
+    w, o_h = _work_head_block(H, HB)
     ACC: tl.constexpr = dq.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, SPLIT)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = tl.arange(0, BV)
-    m_h = o_h < H
-    m_k = o_k < K
-    m_v = o_v < V
-    causal = (o_i[:, None] >= o_i[None, :])[:, :, None]
-    gamma2 = tl.zeros([HB], dtype=ACC)
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + o_h, mask=m_h, other=0.).to(ACC) * LOG2E
+    o_i, o_k, o_v, m_h, m_k, m_v, causal, o_s, m_s = _tile_indices_heads(o_h, H, K, V, BT, BK, BV)
+    gamma2 = _heads_log2_decay(g_gamma, o_h, m_h, HB, DECAY, ACC)
 
-    p_q0 = q + n * sq_b + bos * sq_t
-    p_k0 = k + n * sk_b + bos * sk_t
-    p_v0 = v + n * sv_b + bos * sv_t
+    p_q0 = sequence_rows(q, n, bos, sq_b, sq_t)
+    p_k0 = sequence_rows(k, n, bos, sk_b, sk_t)
+    p_v0 = sequence_rows(v, n, bos, sv_b, sv_t)
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t
-    p_do0 = do + n * sd_b + bos * sd_t
-    p_dq0 = dq + n * sdq_b + bos * sdq_t
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t)
+    p_do0 = sequence_rows(do, n, bos, sd_b, sd_t)
+    p_dq0 = sequence_rows(dq, n, bos, sdq_b, sdq_t)
     p_qdq0 = qdq  # None unless DECAY > 0
     if DECAY > 0:
         p_qdq0 = qdq + token_row(n, bos, T, IS_VARLEN) * H
-    o_s = o_h[:, None, None] * (K * V) + o_k[None, :, None] * V + o_v[None, None, :]
-    m_s = m_h[:, None, None] & m_k[None, :, None] & m_v[None, None, :]
-
-    b_s = tl.zeros([HB, BK, BV], dtype=ACC)
-    if SPLIT:
-        b_s += tl.load(h_in + w * (H * K * V) + o_s, mask=m_s, other=0.).to(ACC)
-    elif USE_H0:
-        b_s += tl.load(h_in + n * (H * K * V) + o_s, mask=m_s, other=0.).to(ACC)
+    b_s = add_boundary_state(tl.zeros([HB, BK, BV], dtype=ACC), h_in, w, n, o_s, m_s, H * K * V, SPLIT,
+                             USE_H0)
 
     for t0 in range(t_begin, t_end, BT):
         n_valid = tl.minimum(t_end - t0, BT)
@@ -234,45 +237,28 @@ def small_heads_bwd_dkv_kernel(
 ):
     """Grid as :func:`small_heads_fwd_kernel`; outputs as
     :func:`fuxi_linear.kernels.chunk_bwd.decay_attn_bwd_dkv_kernel` (``kdk`` is ``(1, TT, H)``)."""
-    NHB: tl.constexpr = (H + HB - 1) // HB
-    pid = tl.program_id(0).to(tl.int64)
-    w = pid // NHB
-    o_h = (pid % NHB) * HB + tl.arange(0, HB)
+    w, o_h = _work_head_block(H, HB)
     ACC: tl.constexpr = dk.dtype.element_ty
     n, bos, seq_len, t_begin, t_end = work_item(w, cu_seqlens, seg_first, seg_seq, T, L, NS, IS_VARLEN, SPLIT)
     n_chunks = tl.cdiv(t_end - t_begin, BT)
 
-    o_i = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = tl.arange(0, BV)
-    m_h = o_h < H
-    m_k = o_k < K
-    m_v = o_v < V
-    causal = (o_i[:, None] >= o_i[None, :])[:, :, None]
-    gamma2 = tl.zeros([HB], dtype=ACC)
-    if DECAY == 2:
-        gamma2 = tl.load(g_gamma + o_h, mask=m_h, other=0.).to(ACC) * LOG2E
+    o_i, o_k, o_v, m_h, m_k, m_v, causal, o_s, m_s = _tile_indices_heads(o_h, H, K, V, BT, BK, BV)
+    gamma2 = _heads_log2_decay(g_gamma, o_h, m_h, HB, DECAY, ACC)
 
-    p_q0 = q + n * sq_b + bos * sq_t
-    p_k0 = k + n * sk_b + bos * sk_t
-    p_v0 = v + n * sv_b + bos * sv_t
+    p_q0 = sequence_rows(q, n, bos, sq_b, sq_t)
+    p_k0 = sequence_rows(k, n, bos, sk_b, sk_t)
+    p_v0 = sequence_rows(v, n, bos, sv_b, sv_t)
     p_g0 = g  # g is None unless DECAY == 1
     if DECAY == 1:
-        p_g0 = g + n * sg_b + bos * sg_t
-    p_do0 = do + n * sd_b + bos * sd_t
-    p_dk0 = dk + n * sdk_b + bos * sdk_t
-    p_dv0 = dv + n * sdv_b + bos * sdv_t
+        p_g0 = sequence_rows(g, n, bos, sg_b, sg_t)
+    p_do0 = sequence_rows(do, n, bos, sd_b, sd_t)
+    p_dk0 = sequence_rows(dk, n, bos, sdk_b, sdk_t)
+    p_dv0 = sequence_rows(dv, n, bos, sdv_b, sdv_t)
     p_kdk0 = kdk  # None unless DECAY > 0
     if DECAY > 0:
         p_kdk0 = kdk + token_row(n, bos, T, IS_VARLEN) * H
-    o_s = o_h[:, None, None] * (K * V) + o_k[None, :, None] * V + o_v[None, None, :]
-    m_s = m_h[:, None, None] & m_k[None, :, None] & m_v[None, None, :]
-
-    b_ds = tl.zeros([HB, BK, BV], dtype=ACC)
-    if SPLIT:
-        b_ds += tl.load(dh_in + w * (H * K * V) + o_s, mask=m_s, other=0.).to(ACC)
-    elif USE_DHT:
-        b_ds += tl.load(dh_in + n * (H * K * V) + o_s, mask=m_s, other=0.).to(ACC)
+    b_ds = add_boundary_state(tl.zeros([HB, BK, BV], dtype=ACC), dh_in, w, n, o_s, m_s, H * K * V, SPLIT,
+                             USE_DHT)
 
     for i_r in range(0, n_chunks):
         t0 = t_begin + (n_chunks - 1 - i_r) * BT

@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from fuxi_linear.ops import chunk_decay_attention, parallel_decay_attention  # noqa: E402
-from fuxi_linear.ops import triton_decay_attention as tda  # noqa: E402
+from fuxi_linear.ops import triton_launchers as launchers  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 C = 16  # chunk length in these tests (the kernels take any power of two >= 16; production default 64)
@@ -26,11 +26,11 @@ gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUD
 def kernel_settings(monkeypatch):
     """Autouse in every module that imports it: NaN-filled outputs, exact float32 products, chunk length C,
     the launcher's own split and kernel-family choices, seed 0."""
-    monkeypatch.setattr(tda, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(tda, "FP32_DOT_PRECISION", "ieee")  # exact float32 products (the interpreter's anyway)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", C)
-    monkeypatch.setattr(tda, "SEGMENT_TOKENS", None)
-    monkeypatch.setattr(tda, "SMALL_HEADS", None)
+    monkeypatch.setattr(launchers, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(launchers, "FP32_DOT_PRECISION", "ieee")  # exact float32 products (the interpreter's anyway)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", C)
+    monkeypatch.setattr(launchers, "SEGMENT_TOKENS", None)
+    monkeypatch.setattr(launchers, "SMALL_HEADS", None)
     torch.manual_seed(0)
 
 

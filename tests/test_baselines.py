@@ -221,12 +221,12 @@ def test_next_item_targets():
 
 
 def test_build_model_names():
-    assert MODEL_NAMES == ("sasrec", "hstu", "fuxi-alpha", "fuxi-linear")
+    assert MODEL_NAMES == ("fuxi-linear", "hstu", "fuxi-alpha", "sasrec")
     kinds = {"sasrec": SASRec, "hstu": HSTU, "fuxi-alpha": FuXiAlpha, "fuxi-linear": FuXiLinear}
     for name, cls in kinds.items():
         model = build_model(name, num_items=10, max_seq_len=8, embedding_dim=16, num_heads=2)
         assert type(model) is cls and model.config.embedding_dim == 16
-    listed = r"unknown model name 'bert4rec'.*'sasrec', 'hstu', 'fuxi-alpha', 'fuxi-linear'"
+    listed = r"unknown model name 'bert4rec'.*'fuxi-linear', 'hstu', 'fuxi-alpha', 'sasrec'"
     with pytest.raises(ValueError, match=listed):
         build_model("bert4rec", num_items=10)
     with pytest.raises(TypeError, match="name must be a str"):
@@ -277,7 +277,7 @@ def test_bad_inputs_raise_clear_errors(name):
                      torch.tensor([long]), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="capacity=4 is smaller than the longest history"):
         model.prefill(ids, ts, lengths, q, capacity=4)
-    with pytest.raises(TypeError, match="capacity must be an int"):
+    with pytest.raises(TypeError, match="capacity must be a positive int"):
         model.prefill(ids, ts, lengths, q, capacity=6.0)
     with pytest.raises(ValueError, match="loss needs at least one position"):
         model.loss(ids[:, :1], ts[:, :1], torch.tensor([1, 1]), q)
@@ -319,7 +319,7 @@ def test_sampled_softmax_loss_rejects_bad_arguments():
         sampled_softmax_loss(user, torch.tensor([1, 0, 3]), items, 4, 0.05)
     with pytest.raises(ValueError, match="positive_ids must lie in"):
         sampled_softmax_loss(user, torch.tensor([1, 2, 5]), items, 4, 0.05)
-    with pytest.raises(ValueError, match="num_negatives must be >= 1"):
+    with pytest.raises(ValueError, match="num_negatives must be a positive int"):
         sampled_softmax_loss(user, torch.tensor([1, 2, 3]), items, 0, 0.05)
     with pytest.raises(ValueError, match="temperature must be a number > 0"):
         sampled_softmax_loss(user, torch.tensor([1, 2, 3]), items, 4, -1.0)

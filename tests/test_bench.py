@@ -10,11 +10,13 @@ import sys
 import pytest
 import torch
 
-from fuxi_linear import benchmarking
-from fuxi_linear.benchmarking import (BENCH_MODELS, BenchError, BenchSettings, build_bench_models, decode_call,
-                                      kv_cache_bytes_per_user, make_inputs, prefill_call, run_benchmark,
-                                      state_bytes_per_user, step_cost, time_call)
+import fuxi_linear.bench.run as bench_run
+import fuxi_linear.bench.settings as bench_settings
+from fuxi_linear.bench import (BENCH_MODELS, BenchError, BenchSettings, build_bench_models, decode_call, format_report,
+                               kv_cache_bytes_per_user, make_inputs, nominal_peak_gbs, prefill_call, run_benchmark,
+                               state_bytes_per_user, time_call)
 from fuxi_linear.cli import main
+from step_cost import step_cost
 
 TINY = ["--device", "cpu", "--batch-size", "2", "--embedding-dim", "32", "--num-blocks", "1", "--num-heads", "2",
         "--qk-dim", "8", "--warmup", "0", "--repeats", "2", "--decode-repeats", "2", "--threads", "1",
@@ -77,10 +79,10 @@ def test_decode_throughput_rows_and_table(tmp_path, capsys):
 
 
 def test_peak_bandwidth_table_and_flags():
-    assert benchmarking.nominal_peak_gbs("NVIDIA H200") == 4800.0
-    assert benchmarking.nominal_peak_gbs("NVIDIA H100 80GB HBM3") == 3350.0
-    assert benchmarking.nominal_peak_gbs("NVIDIA A100-SXM4-80GB") == 2039.0
-    assert benchmarking.nominal_peak_gbs("Some Future GPU") is None
+    assert nominal_peak_gbs("NVIDIA H200") == 4800.0
+    assert nominal_peak_gbs("NVIDIA H100 80GB HBM3") == 3350.0
+    assert nominal_peak_gbs("NVIDIA A100-SXM4-80GB") == 2039.0
+    assert nominal_peak_gbs("Some Future GPU") is None
     assert BenchSettings(device="cpu").resolve().decode_users == []
     assert BenchSettings(device="cpu", decode_users="4,2").resolve().decode_users == [2, 4]
     with pytest.raises(BenchError, match="--peak-gbs"):
@@ -112,7 +114,7 @@ def test_bad_flags_give_clear_errors(argv, message, capsys):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_on_a_cpu_without_native_kernels_is_an_error(dtype, monkeypatch, capsys):
-    monkeypatch.setattr(benchmarking, "half_precision_supported", lambda device, dt: dt == torch.float32)
+    monkeypatch.setattr(bench_settings, "half_precision_supported", lambda device, dt: dt == torch.float32)
     assert main(["bench", "--device", "cpu", "--dtype", dtype]) == 2
     err = capsys.readouterr().err
     assert f"--dtype {dtype} is not supported" in err and "CUDA" in err
@@ -126,20 +128,20 @@ def test_cuda_requested_without_cuda(capsys):
 
 def test_plot_without_matplotlib_fails_before_measuring(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    monkeypatch.setattr(benchmarking, "run_benchmark", lambda *a, **k: pytest.fail("measured before the check"))
+    monkeypatch.setattr(bench_run, "run_benchmark", lambda *a, **k: pytest.fail("measured before the check"))
     assert main(["bench", *TINY, "--seq-lens", "8", "--plot", str(tmp_path / "x.png")]) == 2
     assert "matplotlib" in capsys.readouterr().err
 
 
 def test_out_of_memory_is_skipped_not_fatal(monkeypatch):
-    real = benchmarking.prefill_call
+    real = bench_run.prefill_call
 
     def prefill(model, inputs, capacity=None):
         if type(model).__name__ == "HSTU" and inputs.item_ids.shape[1] >= 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
         return real(model, inputs, capacity)
 
-    monkeypatch.setattr(benchmarking, "prefill_call", prefill)
+    monkeypatch.setattr(bench_run, "prefill_call", prefill)
     messages = []
     result = run_benchmark(BenchSettings(seq_lens=[8, 16, 32], models=["fuxi-linear", "hstu"], **TINY_SETTINGS),
                            log=messages.append)
@@ -149,14 +151,14 @@ def test_out_of_memory_is_skipped_not_fatal(monkeypatch):
     assert hstu[("prefill", 32)]["status"].startswith("skipped")
     assert all(r["status"] == "ok" for r in result.rows if r["model"] == "fuxi-linear")
     assert any("out of memory" in m for m in messages)
-    assert "OOM" in benchmarking.format_report(result)
+    assert "OOM" in format_report(result)
 
 
 def test_other_errors_propagate(monkeypatch):
     def broken(model, inputs, capacity=None):
         raise RuntimeError("a real bug")
 
-    monkeypatch.setattr(benchmarking, "prefill_call", broken)
+    monkeypatch.setattr(bench_run, "prefill_call", broken)
     with pytest.raises(RuntimeError, match="a real bug"):
         run_benchmark(BenchSettings(seq_lens=[8], models=["sasrec"], **TINY_SETTINGS))
 
@@ -230,7 +232,7 @@ def test_settings_defaults_follow_the_device():
 
 # ---------------------------------------------------------------------------------------------- demo
 def test_demo_end_to_end(tmp_path):
-    from fuxi_linear.demo import DemoSettings, run_demo
+    from fuxi_linear.bench.demo import DemoSettings, run_demo
 
     lines = []
     settings = DemoSettings(output=str(tmp_path / "demo"), device="cpu", epochs=1, synthetic_users=60,
@@ -255,7 +257,7 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_demo_cli_wiring(monkeypatch, tmp_path):
-    import fuxi_linear.demo as demo
+    import fuxi_linear.bench.demo as demo
 
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda s: seen.setdefault("settings", s))
@@ -263,3 +265,17 @@ def test_demo_cli_wiring(monkeypatch, tmp_path):
     s = seen["settings"]
     assert s.output == str(tmp_path / "d") and s.epochs == 2 and not s.bench and not s.progress
     assert demo.DemoSettings().output == "runs/demo"
+
+
+@pytest.mark.parametrize("old, new, names", [
+    ("fuxi_linear.benchmarking", "fuxi_linear.bench", ["run_benchmark", "BenchSettings", "HostSyncCounter"]),
+    ("fuxi_linear.demo", "fuxi_linear.bench.demo", ["run_demo", "DemoSettings", "read_table"]),
+])
+def test_old_module_paths_warn_and_give_the_same_objects(old, new, names, monkeypatch):
+    import importlib
+
+    monkeypatch.delitem(sys.modules, old, raising=False)  # imported afresh, so its warning is raised here
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: import from {new}"):
+        module = importlib.import_module(old)
+    current = importlib.import_module(new)
+    assert all(getattr(module, n) is getattr(current, n) for n in names)

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from fuxi_linear import DecodeState  # noqa: E402
-from fuxi_linear.benchmarking import HostSyncCounter  # noqa: E402
+from fuxi_linear.bench import HostSyncCounter  # noqa: E402
 from fuxi_linear.ops import triton_available  # noqa: E402
 from model_helpers import random_histories, tiny_model  # noqa: E402
 

@@ -1,5 +1,5 @@
 """The demo's reading of a benchmark table (on synthetic rows) and its split of the lengths into runs."""
-from fuxi_linear.demo import DemoSettings, _bench_settings, read_table
+from fuxi_linear.bench.demo import DemoSettings, _bench_settings, read_table
 
 MODELS = ("fuxi-linear", "hstu", "fuxi-alpha", "sasrec")
 LENS = (64, 128, 256, 512, 1024)

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from fuxi_linear.baselines import build_model
+from fuxi_linear.checkpoint import check_resume_scale
 from fuxi_linear.data import leave_one_out, make_synthetic_log
 from fuxi_linear.distributed import combine_metrics, global_batches, rank_share, shard_range
 from fuxi_linear.evaluation import ranking_metrics
 from fuxi_linear.objective import SampledSoftmaxObjective, example_keys, hashed_negatives
-from fuxi_linear.training import TrainConfig, _check_resume_scale, evaluate_checkpoint, train
+from fuxi_linear.training import TrainConfig, evaluate_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,13 +117,13 @@ def test_resume_scale_and_batch_divisibility_checks():
         cfg.batch_sizes(5)
     assert TrainConfig(batch_size=8).batch_sizes(4) == (8, 32)
     ckpt = {"world_size": 2, "global_batch_size": 16, "train_config": {"batch_size": 8}}
-    _check_resume_scale(ckpt, "x.pt", 4, 16)  # other world size, same global batch: fine
-    _check_resume_scale(ckpt, "x.pt", 2, 32)  # same world size, another batch: allowed as for one process
+    check_resume_scale(ckpt, "x.pt", 4, 16)  # other world size, same global batch: fine
+    check_resume_scale(ckpt, "x.pt", 2, 32)  # same world size, another batch: allowed as for one process
     with pytest.raises(ValueError, match="pass --global-batch-size 16"):
-        _check_resume_scale(ckpt, "x.pt", 1, 8)
+        check_resume_scale(ckpt, "x.pt", 1, 8)
     legacy = {"train_config": {"batch_size": 8}}  # checkpoints from before: one process
     with pytest.raises(ValueError, match="1 process"):
-        _check_resume_scale(legacy, "x.pt", 2, 16)
+        check_resume_scale(legacy, "x.pt", 2, 16)
 
 
 # ---------------------------------------------------------------------------------------------------- processes

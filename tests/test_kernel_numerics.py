@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fuxi_linear.ops import chunk_decay_attention, parallel_decay_attention
-from fuxi_linear.ops import triton_decay_attention as tda
+from fuxi_linear.ops import triton_launchers as launchers
 from kernel_helpers import C, DEVICE, TOL, check_against_math, kernel_settings, make_inputs, rel_rms  # noqa: F401
 
 
@@ -32,15 +32,15 @@ def test_strong_decay_inputs_defeat_a_float32_cumulative_sum():
 def test_strong_decays_keep_float32_accuracy(small_heads, H, monkeypatch):
     """Temporal shape (K=2, V=8), chunk length 64: outputs and final state within 1e-6 of float64, every
     gradient (including dg) within the usual 1e-5."""
-    monkeypatch.setattr(tda, "SMALL_HEADS", small_heads)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(launchers, "SMALL_HEADS", small_heads)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
     x = strong_decay_inputs(1, 2 * 64 + 5, H, 2, 8)
     check_against_math(x, tol={"default": TOL, "o": 1e-6, "final_state": 1e-6})
 
 
 def test_strong_per_head_decay(monkeypatch):
     """g_gamma = -20 (and a mild head): decays are exact counts times gamma, no sums to cancel."""
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
     x = make_inputs(1, 64 + 9, 2, 32, 32, "gamma", h0=True)
     x["g_gamma"] = torch.tensor([-20.0, -0.05], device=DEVICE)
     check_against_math(x, tol={"default": TOL, "o": 1e-6, "final_state": 1e-6})
@@ -88,7 +88,7 @@ def test_strided_projection_views(H, K, V, mode):
             assert not q.is_contiguous() and not v.is_contiguous() and q.stride(-1) == 1
             for view in (q, k, v, decay.get("g")):
                 if view is not None:
-                    assert tda._rows(view)[0] is view  # read in place, not copied
+                    assert launchers._rows(view)[0] is view  # read in place, not copied
             o, ht = chunk_decay_attention(q, k, v, **decay, initial_state=s0, output_final_state=True,
                                           backend="triton")
         else:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fuxi_linear.kernels import configs
-from fuxi_linear.ops import triton_decay_attention as tda
+from fuxi_linear.ops import triton_launchers as launchers
 from kernel_helpers import C, DEVICE, check_against_math, kernel_settings, make_inputs  # noqa: F401
 
 SEGMENT = 2 * C
@@ -20,13 +20,13 @@ FAMILIES = [pytest.param(True, id="small_heads"), pytest.param(False, id="genera
 
 @pytest.fixture
 def split(monkeypatch):
-    monkeypatch.setattr(tda, "SEGMENT_TOKENS", SEGMENT)
+    monkeypatch.setattr(launchers, "SEGMENT_TOKENS", SEGMENT)
 
 
 def _assert_splits(H, K, V, N, T, cu_seqlens=None, expected_work=None):
     """The launch really is split (the plan the launcher will use for these shapes)."""
     for kernel in ("fwd", "bwd_dq", "bwd_dkv"):
-        plan = tda._plan(kernel, K, V, H, N, T, "ieee", False, 0, cu_seqlens, torch.device(DEVICE))
+        plan = launchers._plan(kernel, K, V, H, N, T, "ieee", False, 0, cu_seqlens, torch.device(DEVICE))
         assert plan.split and plan.L == SEGMENT, (kernel, plan)
         if expected_work is not None:
             assert plan.n_work == expected_work, (kernel, plan.n_work, expected_work)
@@ -35,7 +35,7 @@ def _assert_splits(H, K, V, N, T, cu_seqlens=None, expected_work=None):
 @pytest.mark.parametrize("small_heads", FAMILIES)
 @pytest.mark.parametrize("mode", ["none", "g", "gamma"])
 def test_split_matches_math(mode, small_heads, split, monkeypatch):
-    monkeypatch.setattr(tda, "SMALL_HEADS", small_heads)
+    monkeypatch.setattr(launchers, "SMALL_HEADS", small_heads)
     B, T, H, K, V = 2, 5 * C + 3, 3, 2, 8
     _assert_splits(H, K, V, B, T, expected_work=B * 3)
     check_against_math(make_inputs(B, T, H, K, V, mode, h0=True))
@@ -49,7 +49,7 @@ def test_split_without_initial_state_or_final_state(split):
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
 def test_split_varlen(h0, small_heads, split, monkeypatch):
     """Packed sequences of 1 to 3 segments: the segment tables map every work item to its sequence."""
-    monkeypatch.setattr(tda, "SMALL_HEADS", small_heads)
+    monkeypatch.setattr(launchers, "SMALL_HEADS", small_heads)
     lengths = [1, 3 * C + 1, C, 2 * C, 5 * C + 7, 3]
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
     segments = sum(math.ceil(n / SEGMENT) for n in lengths)

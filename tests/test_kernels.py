@@ -13,6 +13,7 @@ import torch
 from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, decay_attention_step_reference
 from fuxi_linear.ops import parallel_decay_attention
 from fuxi_linear.ops import triton_decay_attention as tda
+from fuxi_linear.ops import triton_launchers as launchers
 from kernel_helpers import (  # noqa: F401 (kernel_settings: autouse fixture)
     C, DEVICE, TOL, check_against_math, gpu_only, kernel_settings, make_inputs, rel_rms,
 )
@@ -45,7 +46,7 @@ def test_prefill_head_dims(H, K, V):
 @pytest.mark.parametrize("small_heads", [True, False], ids=["small_heads", "general"])
 def test_prefill_varlen(mode, h0, small_heads, monkeypatch):
     """Packed sequences, on both kernel families (K=2, V=8 picks the small-head kernels by default)."""
-    monkeypatch.setattr(tda, "SMALL_HEADS", small_heads)
+    monkeypatch.setattr(launchers, "SMALL_HEADS", small_heads)
     lengths = [1, C + 1, 1, 2 * C + 7, C, 3]
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
     inputs = make_inputs(1, sum(lengths), 2, 2, 8, mode, h0=h0, n_states=len(lengths))
@@ -67,12 +68,12 @@ def test_prefill_shared_qk(mode):
 @pytest.mark.parametrize("H,K,V", [(2, 2, 8), (2, 32, 32)], ids=["small_heads", "general"])
 def test_prefill_production_configs(H, K, V, monkeypatch):
     """The chunk lengths of ``fuxi_linear.kernels.configs`` (no override)."""
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)
     check_against_math(make_inputs(1, 2 * 64 + 5, H, K, V, "g", h0=True))
 
 
 def test_prefill_default_chunk_64(monkeypatch):
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
     check_against_math(make_inputs(1, 3 * 64 + 5, 2, 2, 8, "g", h0=True))
 
 
@@ -206,7 +207,7 @@ def test_torch_compile_prefill_and_step():
 
 
 def test_poisoned_allocation_is_active():
-    assert torch.isnan(tda._new((3,), torch.float32, DEVICE)).all()
+    assert torch.isnan(launchers._new((3,), torch.float32, DEVICE)).all()
 
 
 # --------------------------------------------------------------------------------------------- GPU only
@@ -216,7 +217,7 @@ def test_poisoned_allocation_is_active():
 @pytest.mark.parametrize("mode", ["g", "gamma"])
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
 def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # production configurations
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)  # production configurations
     x = make_inputs(4, 1000, 4, 32, 32, mode, h0=h0, dtype=dtype)
     x["q"], x["k"] = x["q"] / 6, x["k"] / 6  # keeps the outputs O(1) over 1000 steps
     errors = check_against_math(x, tol=HALF_TOL[dtype])
@@ -227,8 +228,8 @@ def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
 @pytest.mark.parametrize("mode", ["g", "gamma"])
 def test_gpu_float32_default_precision(mode, monkeypatch):
     """float32 with the production default ("tf32x3" products; bounds from the TF32 imitation above)."""
-    monkeypatch.setattr(tda, "FP32_DOT_PRECISION", None)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # production configurations
+    monkeypatch.setattr(launchers, "FP32_DOT_PRECISION", None)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)  # production configurations
     x = make_inputs(4, 1000, 4, 32, 32, mode, h0=True)
     x["q"], x["k"] = x["q"] / 6, x["k"] / 6
     errors = check_against_math(x, tol={"default": 2e-6, "dg": 2e-5, "dg_gamma": 6e-5})
@@ -239,10 +240,10 @@ def test_gpu_float32_default_precision(mode, monkeypatch):
 def test_gpu_no_recompile_for_new_T(monkeypatch):
     """T, segment lengths and counts are never specialised: once both the whole-sequence and the split-T
     variants of each kernel family are compiled, new lengths compile nothing."""
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # the production configurations
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)  # the production configurations
     def n_compiled():
-        kernels = (tda.decay_attn_fwd_kernel, tda.small_heads_fwd_kernel, tda.segment_summary_kernel,
-                   tda.segment_scan_kernel)
+        kernels = (launchers.decay_attn_fwd_kernel, launchers.small_heads_fwd_kernel,
+                   launchers.segment_summary_kernel, launchers.segment_scan_kernel)
         return sum(len(c[0]) for kern in kernels for c in kern.device_caches.values())
 
     shapes = [(2, 2, 8), (4, 32, 32)]  # (H, K, V): small-head and general kernels
@@ -259,8 +260,8 @@ def test_gpu_no_recompile_for_new_T(monkeypatch):
 @gpu_only
 def test_gpu_more_than_2_31_elements(monkeypatch):
     """v and o with more than 2^31 elements (int64 offsets); checked on the last sequences only."""
-    monkeypatch.setattr(tda, "POISON_OUTPUTS", False)
-    monkeypatch.setattr(tda, "DEFAULT_CHUNK_SIZE", None)  # production configurations
+    monkeypatch.setattr(launchers, "POISON_OUTPUTS", False)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)  # production configurations
     free, _ = torch.cuda.mem_get_info()
     B, T, H, K, V = 1025, 8192, 1, 2, 256  # v: 2^31 + 2^21 elements, 4.3 GB in bf16
     if free < 16 * 2**30:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fuxi_linear.ops import triton_available
-from fuxi_linear.ops import triton_decay_attention as triton_ops
+from fuxi_linear.ops import triton_launchers as launchers
 from model_helpers import random_histories, tiny_model
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
@@ -12,9 +12,9 @@ pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not in
 
 @pytest.fixture(autouse=True)
 def small_exact_kernels(monkeypatch):
-    monkeypatch.setattr(triton_ops, "DEFAULT_CHUNK_SIZE", 16)  # keeps the interpreter quick
-    monkeypatch.setattr(triton_ops, "FP32_DOT_PRECISION", "ieee")
-    monkeypatch.setattr(triton_ops, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 16)  # keeps the interpreter quick
+    monkeypatch.setattr(launchers, "FP32_DOT_PRECISION", "ieee")
+    monkeypatch.setattr(launchers, "POISON_OUTPUTS", True)
 
 
 def _pair(**overrides):

@@ -12,7 +12,7 @@ from fuxi_linear.data import leave_one_out, make_synthetic_log
 from fuxi_linear.objective import SampledSoftmaxObjective, example_keys
 from fuxi_linear.ops import chunk_decay_attention
 from fuxi_linear.schedule import should_stop_early, warmup_lr
-from fuxi_linear.training import TrainConfig, build, load_checkpoint, seed_everything, train
+from fuxi_linear.training import TrainConfig, load_checkpoint, seed_everything, train
 
 SMALL = dict(dataset="synthetic", synthetic_users=60, synthetic_items=80, synthetic_mean_events=40, max_seq_len=30,
              embedding_dim=16, num_blocks=1, num_heads=2, temporal_num_periods=2, positional_dim=8, batch_size=16,
@@ -152,7 +152,7 @@ def test_warmup_schedule_is_applied_to_the_optimizer(tmp_path):
         assert result["history"][0]["steps"] == 1 and result["config"]["warmup_steps"] == warmup
         ckpt = load_checkpoint(tmp_path / f"w{warmup}" / "last.pt")
         seed_everything(cfg["seed"])
-        start = build("fuxi-linear", ckpt["model_kwargs"]).state_dict()
+        start = build_model("fuxi-linear", **ckpt["model_kwargs"]).state_dict()
         moves[warmup] = max(float((ckpt["model_state"][k] - start[k]).abs().max())
                             for k in start if start[k].is_floating_point())
     assert abs(moves[0] - 3e-3) < 1e-3 * 3e-3 and abs(moves[4] - 0.75e-3) < 1e-3 * 0.75e-3, moves

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..history_inputs import check_history, check_step_events
-from ..retrieval import SequentialRetrievalMixin, _positive_int, l2_normalize
+from ..retrieval import SequentialRetrievalMixin, l2_normalize
+from ..utils import check_int
 from .config import BaselineConfig
 from .kv_cache import KVCache
 from .time_buckets import query_times
@@ -129,7 +130,7 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
         longest history)."""
         if capacity is None:
             capacity = self.config.max_positions
-        _positive_int("capacity", capacity)
+        check_int("capacity", capacity)
         x, ts, qt, lengths, used, _ = self._prepare(item_ids, timestamps, lengths, query_timestamps)
         if capacity < used:
             raise ValueError(f"capacity={capacity} is smaller than the longest history ({used} events)")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import ConfigDictMixin
+from ..utils import check_positive_ints
 
 
 @dataclass
@@ -39,18 +40,12 @@ class BaselineConfig(ConfigDictMixin):
     _POSITIVE_INTS = ("num_items", "max_seq_len", "embedding_dim", "num_blocks", "num_heads", "num_negatives")
 
     def __post_init__(self) -> None:
-        for name in self._POSITIVE_INTS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, self._POSITIVE_INTS)
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"embedding_dim={self.embedding_dim} must be divisible by num_heads={self.num_heads}")
         if self.qk_dim is None:
             self.qk_dim = self.embedding_dim // self.num_heads
-        for name in ("qk_dim", "absolute_position_table_size", "query_chunk_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        check_positive_ints(self, ("qk_dim", "absolute_position_table_size", "query_chunk_size"), allow_none=True)
         if self.absolute_position_table_size is None:
             self.absolute_position_table_size = self.max_seq_len + 11
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:

@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ..history_inputs import INT_DTYPES
+from ..utils import INT_DTYPES
 
 
 @dataclass

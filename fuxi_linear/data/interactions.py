@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import atomic_write
+
 __all__ = ["InteractionLog", "VALID_TIMESTAMP_UNITS"]
 
 VALID_TIMESTAMP_UNITS: tuple[str, ...] = ("s", "ms")
@@ -379,14 +381,12 @@ class InteractionLog:
             arrays["user_raw_ids"] = self.user_raw_ids
         if self.item_raw_ids is not None:
             arrays["item_raw_ids"] = self.item_raw_ids
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
                 np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> InteractionLog:

@@ -9,10 +9,10 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..utils import INT_DTYPES
 from .value_checks import ValueChecks, add_distinct_rows_check
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-INT_DTYPES = (torch.int32, torch.int64)
 
 
 def check_tensor(name: str, x: object, ndim: int, dtypes: Tuple[torch.dtype, ...]) -> torch.Tensor:

@@ -1,0 +1,203 @@
+"""What ``fuxi-linear bench`` measures: the models, stages, dtypes and per-device defaults, the parsing of the
+flag values, and :class:`BenchSettings` with its checks (a bad value raises :class:`BenchError`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..registry import BASELINE_NAMES, MODEL_NAMES
+from ..utils import check_int, resolve_device
+
+#: Models in the order they are reported (FuXi-Linear first: the speed-ups are relative to it).
+BENCH_MODELS: Tuple[str, ...] = MODEL_NAMES
+BASELINES: Tuple[str, ...] = BASELINE_NAMES
+STAGES: Tuple[str, ...] = ("prefill", "decode")
+DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+GPU_SEQ_LENS: Tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+CPU_SEQ_LENS: Tuple[int, ...] = (64, 128, 256, 512)
+#: Users per step of the decode-throughput sweep (FuXi-Linear alone): the GPU default; none by default on a CPU.
+GPU_DECODE_USERS: Tuple[int, ...] = (64, 4096, 32768)
+#: History length behind the states of the throughput sweep (a decode step is O(1) in it).
+THROUGHPUT_POSITION = 256
+
+#: The paper's model scale (KuaiRand-27K / KuaiRec configs): the GPU default.
+PAPER_MODEL = dict(embedding_dim=128, num_blocks=4, num_heads=4, qk_dim=32)
+#: CPU default: a smaller model, so the whole grid finishes in a couple of minutes on a few cores.
+CPU_MODEL = dict(embedding_dim=64, num_blocks=2, num_heads=4, qk_dim=16)
+GPU_DEFAULTS = dict(batch_size=32, warmup=3, repeats=10, decode_repeats=50)
+CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=5, decode_repeats=15)
+
+#: Catalogue size of the synthetic inputs (item ids only index the embedding table: it does not affect speed).
+BENCH_NUM_ITEMS = 10_000
+
+
+class BenchError(ValueError):
+    """A bad benchmark setting (reported by the CLI as ``fuxi-linear bench: error: ...``)."""
+
+
+def _check_int(flag: str, value: object, minimum: int = 1) -> None:
+    try:
+        check_int(flag, value, minimum=minimum)
+    except (TypeError, ValueError) as err:
+        raise BenchError(str(err)) from None
+
+
+def parse_seq_lens(text: str, flag: str = "--seq-lens") -> Tuple[int, ...]:
+    """``"64,128,256"`` -> ``(64, 128, 256)``: positive ints, sorted, duplicates dropped (``flag`` names the
+    option in messages)."""
+    if not isinstance(text, str) or not text.strip():
+        raise BenchError(f"{flag} must be a comma-separated list of positive ints, got {text!r}")
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise BenchError(f"{flag} must be a comma-separated list of positive ints; {part!r} in {text!r} "
+                             f"is not an int") from None
+        if value < 1:
+            raise BenchError(f"{flag} must be positive, got {value} in {text!r}")
+        values.append(value)
+    return tuple(sorted(set(values)))
+
+
+def parse_models(text: str) -> Tuple[str, ...]:
+    """``"fuxi-linear,hstu"`` -> names in report order; ``"all"`` = every model. Unknown names are an error."""
+    if not isinstance(text, str) or not text.strip():
+        raise BenchError(f"--models must be a comma-separated list of {', '.join(BENCH_MODELS)}, got {text!r}")
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if names == ["all"]:
+        return BENCH_MODELS
+    unknown = [n for n in names if n not in BENCH_MODELS]
+    if unknown:
+        raise BenchError(f"unknown model name(s) {', '.join(map(repr, unknown))} in --models; valid names: "
+                         f"{', '.join(BENCH_MODELS)} (or all)")
+    return tuple(n for n in BENCH_MODELS if n in names)
+
+
+def half_precision_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` weights are a meaningful thing to time on ``device``: always on CUDA; on a CPU only
+    where oneDNN has native kernels for it (e.g. bf16 on CPUs with AVX512-BF16 / AMX)."""
+    if dtype == torch.float32 or device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if dtype == torch.float16:
+            return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+    return False
+
+
+def resolve_bench_device(name: str) -> torch.device:
+    """:func:`fuxi_linear.utils.resolve_device`, its errors as :class:`BenchError`."""
+    try:
+        return resolve_device(name)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
+
+
+@dataclass
+class BenchSettings:
+    """What to measure. ``None`` fields take the device's defaults (see :data:`GPU_DEFAULTS`,
+    :data:`CPU_DEFAULTS`, :data:`PAPER_MODEL`, :data:`CPU_MODEL`); :meth:`resolve` fills them in."""
+
+    device: str = "auto"
+    seq_lens: Optional[Sequence[int]] = None
+    batch_size: Optional[int] = None
+    models: Sequence[str] = BENCH_MODELS
+    dtype: str = "fp32"
+    embedding_dim: Optional[int] = None
+    num_blocks: Optional[int] = None
+    num_heads: Optional[int] = None
+    qk_dim: Optional[int] = None
+    warmup: Optional[int] = None
+    repeats: Optional[int] = None
+    decode_repeats: Optional[int] = None
+    num_items: int = BENCH_NUM_ITEMS
+    seed: int = 0
+    backend: str = "auto"  # FuXi-Linear's operator backend
+    decode_users: Optional[Sequence[int]] = None  # N of the decode-throughput sweep (None: the device's default)
+    peak_gbs: Optional[float] = None  # memory bandwidth for "% of peak" (None: nominal_peak_gbs of the GPU)
+    threads: Optional[int] = None  # CPU: torch threads for the run (None = leave torch's setting)
+    progress: bool = True
+    notes: List[str] = field(default_factory=list)
+
+    def resolve(self) -> "BenchSettings":
+        """A copy with every default filled in and every value checked (raises :class:`BenchError`)."""
+        device = resolve_bench_device(self.device)
+        gpu = device.type == "cuda"
+        out = BenchSettings(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        out.device = str(device)
+        out.notes = list(self.notes)
+        if self.dtype not in DTYPES:
+            raise BenchError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not half_precision_supported(device, DTYPES[self.dtype]):
+            raise BenchError(f"--dtype {self.dtype} is not supported on this {device.type}: half-precision timings "
+                             f"need a CUDA device (or a CPU with native {self.dtype} kernels, which this one lacks); "
+                             f"use --dtype fp32")
+        models = parse_models(",".join(self.models)) if not isinstance(self.models, str) else parse_models(self.models)
+        out.models = list(models)
+        seq_lens = self.seq_lens if self.seq_lens is not None else (GPU_SEQ_LENS if gpu else CPU_SEQ_LENS)
+        out.seq_lens = list(parse_seq_lens(seq_lens if isinstance(seq_lens, str) else ",".join(map(str, seq_lens))))
+        users = self.decode_users if self.decode_users is not None else (GPU_DECODE_USERS if gpu else ())
+        users = users if isinstance(users, str) else ",".join(map(str, users))
+        out.decode_users = list(parse_seq_lens(users, "--decode-users")) if users.strip() else []
+        if out.decode_users and "fuxi-linear" not in models:
+            out.decode_users = []
+        if out.peak_gbs is not None and not (isinstance(out.peak_gbs, (int, float)) and out.peak_gbs > 0):
+            raise BenchError(f"--peak-gbs must be a positive number of GB/s, got {out.peak_gbs!r}")
+        defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(out, name) is None:
+                setattr(out, name, value)
+        scale = PAPER_MODEL if gpu else CPU_MODEL
+        explicit = {k: getattr(self, k) for k in scale if getattr(self, k) is not None}
+        for name, value in scale.items():
+            if getattr(out, name) is None:
+                setattr(out, name, value)
+        if not gpu and len(explicit) < len(scale):
+            out.notes.append(
+                "CPU default model: {num_blocks} blocks, D={embedding_dim}, H={num_heads}, dqk={qk_dim} (smaller than "
+                "the paper's 4 blocks, D=128, H=4, dqk=32; pass --embedding-dim/--num-blocks/--num-heads/--qk-dim "
+                "to change it)".format(**{k: getattr(out, k) for k in scale}))
+        if out.threads is not None:
+            _check_int("--threads", out.threads)
+        if out.threads is not None and gpu:
+            out.notes.append(f"--threads {out.threads} ignored on {device.type}")
+            out.threads = None
+        for name in ("batch_size", "embedding_dim", "num_blocks", "num_heads", "qk_dim", "repeats",
+                     "decode_repeats", "num_items"):
+            _check_int(f"--{name.replace('_', '-')}", getattr(out, name))
+        _check_int("--warmup", out.warmup, minimum=0)
+        if out.embedding_dim % out.num_heads:
+            raise BenchError(f"--embedding-dim {out.embedding_dim} must be divisible by --num-heads {out.num_heads}")
+        if "fuxi-linear" in out.models and out.embedding_dim % 16:
+            raise BenchError(f"--embedding-dim {out.embedding_dim} must be a multiple of 16 for FuXi-Linear "
+                             f"(8 temporal periods -> 16 temporal heads)")
+        return out
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def steps_per_state(self) -> int:
+        """Decode steps a prefilled state/cache must have room for (warm-up + timed)."""
+        return self.warmup + self.decode_repeats
+
+    @property
+    def max_seq_len(self) -> int:
+        """Models are built for the longest history plus every decode step after it."""
+        longest = max(list(self.seq_lens) + ([THROUGHPUT_POSITION] if self.decode_users else []))
+        return longest + self.steps_per_state + 1

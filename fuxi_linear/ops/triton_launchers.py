@@ -1,0 +1,385 @@
+"""Launchers of the decay-attention kernels (SPEC §1): the launch plan of a call and the plain functions that
+run the forward, the backward and the decode step on real tensors. :mod:`fuxi_linear.ops.triton_decay_attention`
+registers them as ``torch.library`` custom operators with their autograd formula.
+
+Launch plan of a prefill call (kernels in ``fuxi_linear.kernels``, see ``kernels/decay_attention.py``):
+
+1. kernel family by head shape: the small-head kernels for tiny heads (the temporal channel), the general
+   ones otherwise; launch configuration from ``fuxi_linear.kernels.configs``;
+2. split-T: when (sequences x heads) programs would leave the GPU's SMs idle, sequences are cut into
+   segments (``configs.segment_length`` from the SM count); a summary kernel and a scan over segments give
+   every segment its entering state (and, backwards, its exiting state gradient); otherwise one program per
+   sequence;
+3. the main kernels, one program per work item (sequence or segment), head (block) and V-block;
+4. backward only: the decay gradient from the per-token ``q . dq`` and ``k . dk`` scalars (float64 reverse
+   cumulative sum per sequence, plus the final-state term).
+
+q, k, v (and do, g) are read through their strides (unit stride on the last axis; anything else is copied),
+so the model's slices of one projection are not copied.
+
+The module-level switches below (chunk length, split-T, kernel family, float32 product precision, poisoned
+outputs) are read at every call: tests set them to force a code path.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import triton
+
+from fuxi_linear.kernels import configs
+from fuxi_linear.kernels.decay_attention import (
+    decay_attn_bwd_dkv_kernel,
+    decay_attn_bwd_dq_kernel,
+    decay_attn_fwd_kernel,
+    decay_attn_step_kernel,
+    segment_scan_kernel,
+    segment_summary_kernel,
+    small_heads_bwd_dkv_kernel,
+    small_heads_bwd_dq_kernel,
+    small_heads_fwd_kernel,
+)
+
+__all__ = ["fwd_impl", "bwd_impl", "step_impl", "check_chunk_size", "check_head_dims", "acc_dtype",
+           "DEFAULT_CHUNK_SIZE", "POISON_OUTPUTS", "FP32_DOT_PRECISION", "SEGMENT_TOKENS", "SMALL_HEADS", "MAX_K"]
+
+#: Chunk length used when ``chunk_size`` is not given (read at call time; tests lower it to keep the
+#: Triton interpreter fast). None: each kernel's configured chunk length (``fuxi_linear.kernels.configs``);
+#: otherwise a power of two >= 16 for every kernel.
+DEFAULT_CHUNK_SIZE: Optional[int] = None
+#: Test hook: when True every output buffer is allocated filled with NaN, so an element a kernel fails to
+#: write shows up as NaN instead of as whatever memory happened to hold.
+POISON_OUTPUTS = False
+#: ``tl.dot`` precision of float32 inputs: None follows ``torch.get_float32_matmul_precision()`` (see
+#: :func:`_precision`); "ieee" forces exact float32 products (slow on a GPU: tests use it for 1e-5 checks).
+FP32_DOT_PRECISION: Optional[str] = None
+#: Split-T switch: None lets the launcher decide from the SM count (never on a CPU, where the interpreter runs
+#: programs one after another); a positive int forces segments of that many tokens (rounded up to the chunk
+#: length) wherever a sequence is longer; 0 never splits.
+SEGMENT_TOKENS: Optional[int] = None
+#: Kernel family switch: None picks by head shape (``configs.uses_small_heads``); True/False force the
+#: small-head / general kernels (tests run both families on the same shapes).
+SMALL_HEADS: Optional[bool] = None
+
+#: Largest q/k head dim (see ``fuxi_linear.kernels.configs.MAX_K``); V is split into blocks: any V works.
+MAX_K = configs.MAX_K
+
+
+def _new(shape, dtype, device) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision of the products with float32 operands (ignored by the CPU interpreter).
+
+    float64 input: "ieee" (fp64 products). float32 input: follows torch's global float32 matmul precision:
+    "highest" (torch's default) gives "tf32x3" (three TF32 tensor-core products, about float32 accuracy),
+    "high"/"medium" give "tf32". Half inputs: the chunk matrices and the state are float32 and multiply
+    bf16/fp16 data that TF32 holds exactly, so "tf32" (10-bit mantissa on the float32 side, float32
+    accumulation).
+    """
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        if FP32_DOT_PRECISION is not None:
+            return FP32_DOT_PRECISION
+        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "tf32"
+
+
+def check_head_dims(K: int) -> None:
+    if K > MAX_K:
+        raise ValueError(f"the Triton kernels support q/k head dims K <= {MAX_K}, got K={K}")
+
+
+
+def _decay_mode(g, g_gamma) -> int:
+    return 1 if g is not None else (2 if g_gamma is not None else 0)
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    return chunk_size
+
+
+def _rows(x: Optional[torch.Tensor], zero_batch: bool = False) -> Tuple[Optional[torch.Tensor], Tuple[int, int, int]]:
+    """``(x, (batch, token, head) strides)`` of a ``(B, T, H, ...)`` tensor, read in place when its last axis
+    has unit stride (copied otherwise). ``zero_batch``: batch stride 0 (q/k shared by the batch, or packed
+    input whose one batch row the kernels address through ``cu_seqlens``)."""
+    if x is None:
+        return None, (0, 0, 0)
+    if x.ndim == 4 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x, (0 if zero_batch else x.stride(0), x.stride(1), x.stride(2))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launch plan
+# ----------------------------------------------------------------------------------------------------------
+
+class _Plan(NamedTuple):
+    """Kernel configuration and work items of one prefill launch."""
+
+    cfg: configs.LaunchConfig
+    head_programs: int  # programs per work item: heads x V-blocks, or head blocks
+    split: bool
+    L: int  # segment length (tokens) when split, else 1
+    NS: int  # segments per sequence when split and not packed, else 1
+    n_work: int
+    seg_first: Optional[torch.Tensor]  # (N+1,) int32: first work item of each packed sequence
+    seg_seq: Optional[torch.Tensor]  # (n_work,) int32: sequence of each work item (packed)
+
+
+_SM_COUNTS = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNTS:
+        _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNTS[idx]
+
+
+def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, half: bool, chunk_size: int,
+          cu_seqlens: Optional[torch.Tensor], device: torch.device) -> _Plan:
+    cfg = configs.prefill_config(kernel, H, K, V, precision, half_inputs=half, small_heads=SMALL_HEADS,
+                                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE or 0)
+    head_programs = configs.programs_per_work_item(cfg, H)
+    base = dict(cfg=cfg, head_programs=head_programs)
+    no_split = _Plan(**base, split=False, L=1, NS=1, n_work=N, seg_first=None, seg_seq=None)
+    mean_len = T if cu_seqlens is None else math.ceil(T / N)
+    if SEGMENT_TOKENS is None:
+        L = configs.segment_length(N * head_programs, mean_len, cfg.BT, _sm_count(device))
+    elif SEGMENT_TOKENS > 0:
+        L = triton.cdiv(SEGMENT_TOKENS, cfg.BT) * cfg.BT
+    else:
+        L = None
+    if L is None:
+        return no_split
+    if cu_seqlens is None:
+        NS = triton.cdiv(T, L)
+        if NS <= 1:
+            return no_split
+        return _Plan(**base, split=True, L=L, NS=NS, n_work=N * NS, seg_first=None, seg_seq=None)
+    # packed: segment tables from the lengths (one small device-to-host copy, only when splitting)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to("cpu", torch.int64)
+    counts = (lengths + L - 1) // L
+    if int(counts.max()) <= 1:
+        return no_split
+    first = torch.zeros(N + 1, dtype=torch.int64)
+    first[1:] = counts.cumsum(0)
+    seq = torch.repeat_interleave(torch.arange(N), counts)
+    return _Plan(**base, split=True, L=L, NS=1, n_work=int(first[-1]),
+                 seg_first=first.to(device, torch.int32), seg_seq=seq.to(device, torch.int32))
+
+
+def _launch_main(plan: _Plan, general_kernel, small_heads_kernel, precision: str, *args, **constexprs) -> None:
+    """Run a main kernel over ``plan``'s work items: the small-head or the general kernel as the plan chose, with
+    the plan's blocks and launch options (and, for the general kernels, the ``tl.dot`` precision)."""
+    c = plan.cfg
+    blocks = dict(BT=c.BT, BK=c.BK, BV=c.BV, num_warps=c.num_warps, num_stages=c.num_stages)
+    if c.small:
+        blocks["HB"] = c.HB
+    else:
+        blocks["PRECISION"] = precision
+    kernel = small_heads_kernel if c.small else general_kernel
+    kernel[(plan.n_work * plan.head_programs,)](*args, **constexprs, **blocks)
+
+
+def _starting_states(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final, cu_seqlens, scale, N, T,
+                     H, K, V, mode, acc, precision, reverse: bool) -> Optional[torch.Tensor]:
+    """What a main kernel's work items start from: ``h_init`` (None, or one state per sequence) when the plan
+    does not split; otherwise the boundary states of every segment ``(n_work, H, K, V)``: entering states
+    (forward; x = k, y = v, ``h_init`` = initial state, ``h_final`` <- final state) or gradients w.r.t. the
+    state at each segment's end (``reverse``; x = q, y = do, ``h_init`` = d final state, ``h_final`` <- d
+    initial state)."""
+    if not plan.split:
+        return h_init
+    dev = y.device
+    # the summary kernel's own chunk length, a power of two dividing L (so its chunks tile every segment)
+    half = y.dtype in (torch.float16, torch.bfloat16)
+    sum_cfg = configs.prefill_config("summary", H, K, V, precision, half_inputs=half)
+    scan_cfg = configs.prefill_config("scan", H, K, V, precision)
+    BK, BV, NV = sum_cfg.BK, sum_cfg.BV, sum_cfg.NV
+    summary = _new((plan.n_work, H, K, V), acc, dev)
+    seg_decay = _new((plan.n_work, H), acc, dev)
+    segment_summary_kernel[(plan.n_work * H * NV,)](
+        x, y, g, g_gamma, summary, seg_decay, cu_seqlens, plan.seg_first, plan.seg_seq,
+        *sx, *sy, *sg, float(scale), T, plan.L, plan.NS,
+        H=H, K=K, V=V, BT=min(sum_cfg.BT, plan.L & -plan.L), BK=BK, BV=BV, DECAY=mode,
+        IS_VARLEN=cu_seqlens is not None,
+        REVERSE=reverse, PRECISION=precision, num_warps=sum_cfg.num_warps, num_stages=sum_cfg.num_stages,
+    )
+    boundary = _new((plan.n_work, H, K, V), acc, dev)
+    segment_scan_kernel[(N * H * NV,)](
+        summary, seg_decay, boundary, h_init, h_final, plan.seg_first, plan.NS,
+        H=H, K=K, V=V, BK=BK, BV=BV, USE_INIT=h_init is not None, STORE_FINAL=h_final is not None,
+        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, num_warps=scan_cfg.num_warps,
+    )
+    return boundary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers (plain functions on real tensors)
+# ----------------------------------------------------------------------------------------------------------
+
+def _interpreted_bf16(v: torch.Tensor) -> bool:
+    """bfloat16 under the Triton interpreter (CPU tensors), whose ``tl.dot`` multiplies bfloat16 bit patterns
+    as integers (Triton 3.9): such calls run on float32 copies, which is exact for the products."""
+    return v.dtype == torch.bfloat16 and v.device.type == "cpu"
+
+
+def fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size):
+    if _interpreted_bf16(v):
+        o, ht = fwd_impl(q.float(), k.float(), v.float(), g, g_gamma, scale, initial_state, cu_seqlens, chunk_size)
+        return o.to(v.dtype), ht
+    B, T, H, V = v.shape
+    K = q.shape[-1]
+    varlen = cu_seqlens is not None
+    N = cu_seqlens.numel() - 1 if varlen else B
+    shared = q.shape[0] != B
+    acc, dev, mode = acc_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
+    precision = _precision(v.dtype)
+    half = v.dtype in (torch.float16, torch.bfloat16)
+    plan = _plan("fwd", K, V, H, N, T, precision, half, chunk_size, cu_seqlens, dev)
+    q, sq = _rows(q, shared or varlen)
+    k, sk = _rows(k, shared or varlen)
+    v, sv = _rows(v, varlen)
+    g, sg = _rows(g, varlen)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    o = _new((B, T, H, V), v.dtype, dev)
+    _, so = _rows(o, varlen)
+    ht = _new((N, H, K, V), acc, dev)
+    h_in = _starting_states(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
+                            mode, acc, precision, reverse=False)
+    _launch_main(plan, decay_attn_fwd_kernel, small_heads_fwd_kernel, precision,
+                 q, k, v, g, g_gamma, h_in, o, ht, cu_seqlens, plan.seg_first, plan.seg_seq,
+                 *sq, *sk, *sv, *sg, *so, float(scale), T, plan.L, plan.NS,
+                 H=H, K=K, V=V, DECAY=mode, USE_H0=h0 is not None, IS_VARLEN=varlen, SPLIT=plan.split)
+    return o, ht
+
+
+def _decay_gradient(qdq, kdk, final_term, B, T, H, cu_seqlens, mode):
+    """Per-token ``dg (B, T, H)`` (mode 1) or per-head ``dg_gamma (H,)`` (mode 2), float64, from the
+    kernels' per-token scalars: ``dB = sum_vblocks (q . dq - k . dk)``, ``dg_t = sum_{u >= t, same sequence}
+    dB_u + <dS_final, S_final>`` of the token's sequence."""
+    dB = (qdq.double() - kdk.double()).sum(0)  # (TT, H)
+    TT = dB.shape[0]
+    dev = dB.device
+    if cu_seqlens is not None:
+        ends = cu_seqlens[1:].long()
+    else:
+        ends = torch.arange(1, B + 1, device=dev) * T
+    csum = dB.cumsum(0)
+    seq = torch.searchsorted(ends, torch.arange(TT, device=dev), right=True)
+    dg = csum[ends - 1][seq] - csum + dB
+    if final_term is not None:
+        dg = dg + final_term[seq]
+    if mode == 1:
+        return dg.view(B, T, H)
+    return dg.sum(0)
+
+
+def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chunk_size):
+    if _interpreted_bf16(v):
+        grads = bwd_impl(
+            q.float(), k.float(), v.float(), g, g_gamma, initial_state, cu_seqlens, do.float(), dht, scale, chunk_size
+        )
+        return tuple(x.to(v.dtype) for x in grads[:3]) + grads[3:]
+    B, T, H, V = v.shape
+    Bq, K = q.shape[0], q.shape[-1]
+    varlen = cu_seqlens is not None
+    N = cu_seqlens.numel() - 1 if varlen else B
+    shared = Bq != B
+    acc, dev, mode = acc_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
+    precision = _precision(v.dtype)
+    q_dtype, k_dtype = q.dtype, k.dtype
+    q, sq = _rows(q, shared or varlen)
+    k, sk = _rows(k, shared or varlen)
+    v, sv = _rows(v, varlen)
+    g, sg = _rows(g, varlen)
+    do, sd = _rows(do, varlen)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    dht = dht.contiguous() if dht is not None else None
+    need_final = mode > 0 and dht is not None  # the final state enters the decay gradient
+
+    dv = _new((B, T, H, V), v.dtype, dev)
+    dh0 = _new((N, H, K, V), acc, dev) if h0 is not None else None
+    ht = _new((N, H, K, V), acc, dev) if need_final else None
+    plans = {}
+    for kernel in ("bwd_dq", "bwd_dkv"):
+        plans[kernel] = _plan(kernel, K, V, H, N, T, precision, v.dtype in (torch.float16, torch.bfloat16),
+                              chunk_size, cu_seqlens, dev)
+    # dq/dk rows get contributions from several programs when q/k are shared or V is split into blocks
+    atomic = shared or plans["bwd_dq"].cfg.NV > 1 or plans["bwd_dkv"].cfg.NV > 1
+    alloc = (lambda shape: torch.zeros(shape, dtype=acc, device=dev)) if atomic else (lambda s: _new(s, acc, dev))
+    dq = alloc((Bq, T, H, K))
+    dk = alloc((Bq, T, H, K))
+    _, sdq = _rows(dq, shared or varlen)
+    _, sdk = _rows(dk, shared or varlen)
+    _, sdv = _rows(dv, varlen)
+    scalars = {}
+    for kernel, plan in plans.items():
+        scalars[kernel] = _new((plan.cfg.NV, B * T, H), acc, dev) if mode > 0 else None
+
+    # ---- dq (forward direction: the state entering each work item) ----
+    plan = plans["bwd_dq"]
+    h_in = _starting_states(plan, k, sk, v, sv, g, sg, g_gamma, h0, ht, cu_seqlens, scale, N, T, H, K, V,
+                            mode, acc, precision, reverse=False)
+    _launch_main(plan, decay_attn_bwd_dq_kernel, small_heads_bwd_dq_kernel, precision,
+                 q, k, v, g, g_gamma, do, h_in, dq, scalars["bwd_dq"], ht, cu_seqlens, plan.seg_first, plan.seg_seq,
+                 *sq, *sk, *sv, *sg, *sd, *sdq, float(scale), T, B * T, plan.L, plan.NS,
+                 H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic,
+                 USE_H0=h0 is not None, STORE_FINAL=need_final and not plan.split)
+
+    # ---- dk, dv (reverse direction: the state gradient leaving each work item) ----
+    plan = plans["bwd_dkv"]
+    dh_in = _starting_states(plan, q, sq, do, sd, g, sg, g_gamma, dht, dh0, cu_seqlens, scale, N, T, H, K, V,
+                             mode, acc, precision, reverse=True)
+    _launch_main(plan, decay_attn_bwd_dkv_kernel, small_heads_bwd_dkv_kernel, precision,
+                 q, k, v, g, g_gamma, do, dh_in, dk, dv, scalars["bwd_dkv"], dh0, cu_seqlens, plan.seg_first,
+                 plan.seg_seq, *sq, *sk, *sv, *sg, *sd, *sdk, *sdv, float(scale), T, B * T, plan.L, plan.NS,
+                 H=H, K=K, V=V, DECAY=mode, IS_VARLEN=varlen, SPLIT=plan.split, ATOMIC=atomic,
+                 USE_DHT=dht is not None, USE_H0=h0 is not None)
+
+    # absent inputs get distinct empty tensors (a custom op's outputs may not alias one another)
+    dg_out = v.new_empty(0)
+    dgamma_out = v.new_empty(0)
+    if mode > 0:
+        final_term = (dht.double() * ht.double()).sum((2, 3)) if need_final else None
+        grad = _decay_gradient(scalars["bwd_dq"], scalars["bwd_dkv"], final_term, B, T, H, cu_seqlens, mode)
+        if mode == 1:
+            dg_out = grad.to(g.dtype)
+        else:
+            dgamma_out = grad.to(g_gamma.dtype)
+    dh0_out = dh0.to(initial_state.dtype) if initial_state is not None else v.new_empty(0)
+    return dq.to(q_dtype), dk.to(k_dtype), dv, dg_out, dgamma_out, dh0_out
+
+
+def step_impl(q, k, v, state, g, g_gamma, scale, state_indices):
+    q, k, v, g, g_gamma, state_indices = (None if x is None else x.contiguous()
+                                          for x in (q, k, v, g, g_gamma, state_indices))
+    N, H, V = v.shape
+    K = q.shape[-1]
+    check_head_dims(K)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    NV = triton.cdiv(V, BV)
+    o = _new((N, H, V), v.dtype, v.device)
+    decay_attn_step_kernel[(N * H * NV,)](
+        q, k, v, g, g_gamma, state, state_indices, o,
+        float(scale), *state.stride(),
+        H=H, K=K, V=V, BK=BK, BV=BV, DECAY=_decay_mode(g, g_gamma),
+        USE_INDICES=state_indices is not None, num_warps=1 if BK * BV <= 1024 else 4,
+    )
+    return o
