@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import List, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
+from .user_rows import UserRows
+from .utils import INT_DTYPES
+
 
 @dataclass
-class DecodeState:
+class DecodeState(UserRows):
     """Channel states of every block plus each user's last event time and next position.
 
     Attributes:
@@ -19,8 +22,8 @@ class DecodeState:
         last_timestamp: ``(N,)`` int64 — time of each user's last event.
         position: ``(N,)`` int64 — number of events seen, i.e. the position of the next event.
 
-    ``FuXiLinear.step`` advances a state in place. Users are independent rows: :meth:`select` and
-    :meth:`cat` move them between pools.
+    ``FuXiLinear.step`` advances a state in place. Users are independent rows: ``select``, ``cat`` (from
+    :class:`~fuxi_linear.user_rows.UserRows`) and :meth:`write_rows` move them between pools.
     """
 
     retention: torch.Tensor
@@ -39,46 +42,6 @@ class DecodeState:
     def device(self) -> torch.device:
         return self.position.device
 
-    def _map(self, fn) -> "DecodeState":
-        return DecodeState(**{f.name: fn(f.name, getattr(self, f.name)) for f in fields(self)})
-
-    def to(self, device: Union[str, torch.device]) -> "DecodeState":
-        return self._map(lambda name, t: t.to(device))
-
-    def clone(self) -> "DecodeState":
-        return self._map(lambda name, t: t.clone())
-
-    def select(self, users: Union[torch.Tensor, Sequence[int]]) -> "DecodeState":
-        """A new state holding the given users (indices or a boolean mask over users), in that order."""
-        index = torch.as_tensor(users, device=self.device)
-        if index.dtype == torch.bool:
-            if index.shape != (self.num_users,):
-                raise ValueError(f"a boolean users mask must have shape ({self.num_users},), got {tuple(index.shape)}")
-            index = index.nonzero().squeeze(1)
-        if index.dtype not in (torch.int32, torch.int64) or index.ndim != 1:
-            raise TypeError(f"users must be a 1-D int or bool index, got dtype {index.dtype} shape {tuple(index.shape)}")
-        if index.numel() and (int(index.min()) < -self.num_users or int(index.max()) >= self.num_users):
-            raise ValueError(f"users indices must lie in [0, {self.num_users}), got {index.tolist()}")
-        return self._map(lambda name, t: t.index_select(self._USER_DIM[name], index.long()))
-
-    @staticmethod
-    def cat(states: Sequence["DecodeState"]) -> "DecodeState":
-        """Concatenate the users of several states (same model configuration)."""
-        if not states:
-            raise ValueError("DecodeState.cat needs at least one state")
-        first = states[0]
-        for s in states[1:]:
-            for f in fields(first):
-                a, b = getattr(first, f.name), getattr(s, f.name)
-                d = DecodeState._USER_DIM[f.name]
-                if a.shape[:d] + a.shape[d + 1:] != b.shape[:d] + b.shape[d + 1:] or a.dtype != b.dtype:
-                    raise ValueError(f"cannot concatenate states of different shapes in {f.name}: "
-                                     f"{tuple(a.shape)} vs {tuple(b.shape)}")
-        return DecodeState(**{
-            f.name: torch.cat([getattr(s, f.name) for s in states], dim=DecodeState._USER_DIM[f.name])
-            for f in fields(first)
-        })
-
     def write_rows(self, rows: Union[torch.Tensor, Sequence[int]], source: "DecodeState") -> "DecodeState":
         """Copy every user of ``source`` into rows ``rows`` of this state (a pool), in place; returns self.
 
@@ -86,33 +49,20 @@ class DecodeState:
         state's layout (the same model).
         """
         index = torch.as_tensor(rows, device=self.device)
-        if index.dtype not in (torch.int32, torch.int64) or index.ndim != 1:
+        if index.dtype not in INT_DTYPES or index.ndim != 1:
             raise TypeError(f"rows must be a 1-D int index, got dtype {index.dtype} shape {tuple(index.shape)}")
         if not isinstance(source, DecodeState):
             raise TypeError(f"source must be a DecodeState, got {type(source).__name__}")
         if index.numel() != source.num_users:
             raise ValueError(f"rows names {index.numel()} rows for a source of {source.num_users} users")
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(source, f.name)
-            d = self._USER_DIM[f.name]
-            if a.shape[:d] + a.shape[d + 1:] != b.shape[:d] + b.shape[d + 1:] or a.dtype != b.dtype:
-                raise ValueError(f"source does not match this state's layout in {f.name}: {tuple(b.shape)} {b.dtype} "
-                                 f"vs {tuple(a.shape)} {a.dtype}")
+        self.check_same_layout(source, "source does not match this state's layout")
         if index.numel():
             values = index.tolist()
             if min(values) < 0 or max(values) >= self.num_users or len(set(values)) != len(values):
                 raise ValueError(f"rows must be distinct indices in [0, {self.num_users}), got {values}")
-        for f in fields(self):
-            getattr(self, f.name).index_copy_(self._USER_DIM[f.name], index.long(),
-                                              getattr(source, f.name).to(self.device))
+        for name, t, dim in self._user_tensors():
+            t.index_copy_(dim, index.long(), getattr(source, name).to(self.device))
         return self
-
-    def nbytes_per_user(self) -> int:
-        """Bytes of state one user holds."""
-        return sum(t.element_size() * t.numel() for t in self.tensors()) // max(self.num_users, 1)
-
-    def tensors(self) -> List[torch.Tensor]:
-        return [getattr(self, f.name) for f in fields(self)]
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         torch.save({f.name: getattr(self, f.name).cpu() for f in fields(self)}, path)

@@ -98,6 +98,9 @@ def test_decode_state_select_cat_save_load(tmp_path):
     assert (u_all[1:2] - u_sub).abs().max() < 1e-12
     with pytest.raises(ValueError, match="users"):
         state.select([3])
+    last = state.select([-1])  # counts from the end, like Python (index_select alone would reject it)
+    for a, b in zip(last.tensors(), state.select([2]).tensors()):
+        assert torch.equal(a, b)
     with pytest.raises(ValueError, match="concatenate"):
         DecodeState.cat([state, tiny_model(num_blocks=1).prefill(ids, ts, lengths, ts_ext[rows, lengths])[1]])
     (tmp_path / "bad.pt").write_bytes(b"")
