@@ -130,3 +130,11 @@ def test_step_rejects_bad_events(model_and_batch):
 def test_config_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FuXiLinearConfig(**kwargs)
+
+
+@pytest.mark.parametrize("chunk_size, exc", [(0, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_reference_rejects_bad_chunk_size(chunk_size, exc):
+    from fuxi_linear.ops import chunk_decay_attention_reference
+
+    with pytest.raises(exc, match="chunk_size must be a positive int"):
+        chunk_decay_attention_reference(*_qkv(), chunk_size=chunk_size)

@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 import torch
 
 from .decay_plan import Output, prepare_decay_attention
+from ..utils import check_int
 from .validation import check_chunk_inputs, check_step_inputs
 
 __all__ = [
@@ -177,8 +178,7 @@ def chunk_decay_attention_reference(
     ``chunk_size=None`` picks C for speed on a CPU (:func:`auto_chunk_size`).
     """
     check_chunk_inputs(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size, allow_none=True)
     out_dtype = v.dtype
     q, k, v, g, g_gamma, h0, index, lengths = _prepare(q, k, v, g, g_gamma, initial_state, cu_seqlens,
                                                        dense_decay=False)
