@@ -16,9 +16,9 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .step_graph import decode_step
+from .step_graph import ModelStepOperands, decode_step
 
-__all__ = ["CompiledDecodeStep", "compile_failures", "DEFAULT_OPTIONS"]
+__all__ = ["CompiledDecodeStep", "packed_decode_step", "compile_failures", "DEFAULT_OPTIONS"]
 
 #: Inductor options of the compiled step: the wrapper that calls the kernels in C++ too (about 100 us less
 #: Python per step than inductor's Python wrapper on a small CPU).
@@ -37,6 +37,16 @@ def compile_failures() -> tuple:
     return tuple(failures)
 
 
+def packed_decode_step(operands: ModelStepOperands, events: torch.Tensor, retention: torch.Tensor,
+                       temporal: torch.Tensor, positional: torch.Tensor, last_timestamp: torch.Tensor,
+                       position: torch.Tensor) -> torch.Tensor:
+    """:func:`~fuxi_linear.step_graph.decode_step` (reference channels) with ``events (4, N)`` int64 = the item
+    ids, timestamps, query timestamps and state rows stacked: the compiled graph then has one batch size among
+    its inputs instead of four (each symbolic size of a graph's inputs costs a few microseconds per call)."""
+    return decode_step(operands, events[0], events[1], events[2], retention, temporal, positional, last_timestamp,
+                       position, events[3], backend="reference")
+
+
 def _compile(fn: Callable, options: Optional[Dict[str, Any]]) -> Callable:
     """``torch.compile`` of ``fn`` as one graph (a graph break is a failure: it would bring the overhead back)."""
     return torch.compile(fn, fullgraph=True, options=options or None)
@@ -46,10 +56,12 @@ class CompiledDecodeStep:
     """Calls :func:`~fuxi_linear.step_graph.decode_step` (same arguments, CPU tensors, the reference
     channel operator) through ``torch.compile``.
 
-    Compiled lazily, at the first call, as one graph for every batch and pool size above 1 (both are marked
-    dynamic; a whole state is stepped as the rows ``arange(N)`` of itself, so calls with and without
-    ``state_indices`` share the graph). Dynamo compiles again for what the graph is specialised on: another
-    dtype, a batch of one user, inference mode on or off.
+    Compiled lazily, at the first call, as one graph for every batch size above 1 (the events go in as one
+    ``(4, N)`` tensor, :func:`packed_decode_step`, with N marked dynamic; a whole state is stepped as the rows
+    ``arange(N)`` of itself, so calls with and without ``state_indices`` share the graph). Dynamo compiles
+    again for what the graph is specialised on: another dtype, a batch of one user, inference mode on or off,
+    and the state's pool size P -- once: after a second P it is symbolic too (dynamo's automatic dynamic
+    shapes; such a graph costs some 20 us more per call on a small CPU than one with a fixed P).
 
     If creating or compiling the graph fails with one of :func:`compile_failures`, the call runs eagerly; if
     that succeeds, the failure was the compiler's: one ``RuntimeWarning`` says so and every later call runs
@@ -71,14 +83,13 @@ class CompiledDecodeStep:
     def __call__(self, *args: Any) -> torch.Tensor:
         if self.failure is not None:
             return decode_step(*args, backend="reference")
-        args = self._graph_arguments(args)
         try:
             if self._compiled is None:
                 try:
-                    self._compiled = _compile(decode_step, self.options)
+                    self._compiled = _compile(packed_decode_step, self.options)
                 except Exception as err:  # torch.compile itself refused (platform, Python version)
                     raise _CompileUnavailable(err) from err
-            return self._compiled(*args, backend="reference")
+            return self._compiled(*self._graph_arguments(args))
         except (_CompileUnavailable, *compile_failures()) as err:
             error = err.__cause__ if isinstance(err, _CompileUnavailable) else err
         out = decode_step(*args, backend="reference")  # raises if the inputs were bad: compiling stays on
@@ -88,25 +99,21 @@ class CompiledDecodeStep:
         return out
 
     def _graph_arguments(self, args: tuple) -> tuple:
-        """The arguments in the form one graph serves: contiguous events (a strided column of a batch of
-        histories would recompile), state rows always given (``arange(N)`` for a whole state: no second graph),
-        the batch size N and the pool size P marked dynamic (one graph for every size above 1)."""
+        """The arguments of :func:`packed_decode_step`: the events and the state rows (``arange(N)`` for a
+        whole state) as one ``(4, N)`` int64 tensor whose N is marked dynamic (one graph for every batch size
+        above 1, with or without ``state_indices``)."""
         operands, items, ts, qts, retention, temporal, positional, last, position, rows = args
-        items, ts, qts = items.contiguous(), ts.contiguous(), qts.contiguous()
         if rows is None:
             rows = self._all_rows(items.shape[0], items.device)
-        for t in (items, ts, qts, rows, last, position):
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-        for t in (retention, temporal, positional):
-            torch._dynamo.maybe_mark_dynamic(t, 1)
-        return operands, items, ts, qts, retention, temporal, positional, last, position, rows
+        events = torch.stack([items.long(), ts, qts, rows])
+        torch._dynamo.maybe_mark_dynamic(events, 1)
+        return operands, events, retention, temporal, positional, last, position
 
     def _all_rows(self, n: int, device: torch.device) -> torch.Tensor:
         key = (n, device)
         rows = self._arange.get(key)
         if rows is None:
-            with torch.inference_mode(False):  # a normal tensor whatever the caller's mode (no recompile)
-                rows = self._arange[key] = torch.arange(n, device=device)
+            rows = self._arange[key] = torch.arange(n, device=device)
         return rows
 
     def __getstate__(self) -> Dict[str, Any]:  # a compiled callable does not pickle: compile again after loading
