@@ -60,7 +60,7 @@ class CompiledDecodeStep:
     ``(4, N)`` tensor, :func:`packed_decode_step`, with N marked dynamic; a whole state is stepped as the rows
     ``arange(N)`` of itself, so calls with and without ``state_indices`` share the graph). Dynamo compiles
     again for what the graph is specialised on: another dtype, a batch of one user, inference mode on or off,
-    and the state's pool size P -- once: after a second P it is symbolic too (dynamo's automatic dynamic
+    the number of torch threads, and the state's pool size P -- once: after a second P it is symbolic too (dynamo's automatic dynamic
     shapes; such a graph costs some 20 us more per call on a small CPU than one with a fixed P).
 
     If creating or compiling the graph fails with one of :func:`compile_failures`, the call runs eagerly; if

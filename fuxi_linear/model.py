@@ -300,7 +300,8 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
             ``(user vectors (N, D), state)``.
 
         The step runs without autograd (decode is inference) and never synchronises with the device
-        itself: with ``validate=False`` or the CUDA default it issues no host synchronisation at all.
+        itself: with ``validate=False`` or the CUDA default it issues no host synchronisation at all. After
+        :meth:`compile_step`, steps of CPU states run compiled (the checks stay as they are).
         """
         self.check_step(state, item_ids, timestamps, query_timestamps, state_indices, validate)
         with torch.no_grad():
@@ -336,16 +337,19 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
             blocks=tuple(block.step_weights() for block in self.blocks))
 
     def compile_step(self, enabled: bool = True, options: Optional[dict] = None) -> "FuXiLinear":
-        """Run :meth:`step` on CPU states through ``torch.compile`` (inductor's C++ code; several times faster
-        than eager at small batches, whose steps are bound by per-operation overhead); returns ``self``.
+        """Run :meth:`step` on CPU states through ``torch.compile``: the whole step
+        (:func:`~fuxi_linear.step_graph.decode_step`) as one graph of inductor's C++ code, about half the time
+        of the eager step at the CPU bench defaults (a step of a few users is bound by per-operation
+        overhead); returns ``self``.
 
-        The first step of each new kind (dtype, with or without ``state_indices``, a new batch size: see
-        :class:`~fuxi_linear.compiled_step.CompiledDecodeStep`) compiles, which takes tens of seconds on a
-        small CPU (inductor keeps the result in its on-disk cache for later processes). If compiling fails
+        The first step compiles, which takes tens of seconds on a small CPU (inductor keeps the result in its
+        on-disk cache for later processes); one graph then serves every batch size above 1, with or without
+        ``state_indices``; a new dtype, a batch of one, a second pool size or another thread count compile
+        once more (:class:`~fuxi_linear.compiled_step.CompiledDecodeStep`). If compiling fails
         (no C++ compiler, an unsupported platform) the step warns once and runs eagerly. Steps on CUDA states
         are not affected (they run the fused Triton kernel; :class:`fuxi_linear.serving.Decoder` replays
         them from CUDA graphs). ``enabled=False`` switches back to eager steps; ``options``: inductor options
-        for ``torch.compile``.
+        for ``torch.compile`` (on top of :data:`~fuxi_linear.compiled_step.DEFAULT_OPTIONS`).
         """
         self._compiled_step = CompiledDecodeStep(options) if enabled else None
         return self
