@@ -1,8 +1,7 @@
 """The FuXi-Linear block (SPEC §5): three linear-complexity channels, gated, then the multi-stage FFN."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,17 +11,17 @@ from ..ops.prefill import cast, last_tokens, uses_plan
 from .ffn import MultiStageFFN
 from ..ops.fused_block_step import fused_block_step
 from .norms import layer_norm, rms_norm
-from .positional import LinearPositionalChannel
-from .retention import RetentionChannel
+from .positional import LinearPositionalChannel, positional_step_channel
+from .retention import RetentionChannel, retention_step_channel
 from .step_cache import DerivedCache
-from .temporal import TemporalFeatures, TemporalRetentionChannel
+from .temporal import TemporalFeatures, TemporalRetentionChannel, temporal_step_channel
 
 ChannelStates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # retention, temporal, positional
 
 
-@dataclass
-class StepWeights:
-    """The block's weights in the layout a decode step multiplies by (cached between steps).
+class StepWeights(NamedTuple):
+    """Everything a block's decode step reads besides its input and states: the block's weights in the layout
+    a step multiplies by (cached between steps, :meth:`FuXiLinearBlock.step_weights`).
 
     ``w_in (D, 4D + 2 H dqk + 2D)``: ``[W_uvqk | W_v^T | W_p^T]``, every input projection of the block in one
     matrix (SiLU applies to the first ``4D + 2 H dqk`` columns only); ``w0 (3D, D)``, ``w31 (D, 2F)``
@@ -30,7 +29,8 @@ class StepWeights:
     the layout in which small-batch CPU products are fastest. ``gain, skip (3D,)``: the channels' outputs
     become ``gain * o + skip * v`` per column -- the retention heads' inclusive decay ``d_h`` (skip 0), the
     temporal ``alpha_h``/``beta_h`` and the positional ``alpha``/``beta``; ``gain_ablation, skip_ablation``
-    the same with the temporal columns zero (``use_temporal=False``).
+    the same with the temporal columns zero (``use_temporal=False``). ``g_gamma (H,)``: the retention heads'
+    log-decay; ``positional_table (Nmax, P)``: the positional channel's table (its q and k).
     """
 
     w_in: torch.Tensor
@@ -41,6 +41,53 @@ class StepWeights:
     skip: torch.Tensor
     gain_ablation: torch.Tensor
     skip_ablation: torch.Tensor
+    g_gamma: torch.Tensor
+    positional_table: torch.Tensor
+
+
+def block_step(
+    x: torch.Tensor,
+    w: StepWeights,
+    temporal: Optional[TemporalFeatures],
+    positions: torch.Tensor,
+    states: ChannelStates,
+    state_indices: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+    validate: bool = False,
+) -> torch.Tensor:
+    """A block's decode step (:meth:`FuXiLinearBlock.step`) as a pure function of its operands: ``x (N, D)``,
+    the block's :class:`StepWeights`, the temporal features of the N events (None: the channel is switched
+    off), ``positions (N,)`` int64 and the three state pools, advanced in place (rows ``state_indices (N,)``
+    int64, if given). Returns the block output ``(N, D)``. ``validate``: check the channel operator's inputs
+    (:func:`fuxi_linear.ops.fused_block_step`'s checks; off: the caller guarantees them).
+
+    Every size comes from the operands' shapes and nothing is cached or checked here, so that
+    ``torch.compile`` traces it without a graph break (:mod:`fuxi_linear.step_graph`).
+    """
+    N, D = x.shape
+    H = w.g_gamma.shape[0]
+    Hq = (w.w_in.shape[1] - 6 * D) // 2
+    proj = layer_norm(x) @ w.w_in
+    F.silu(proj[:, : 4 * D + 2 * Hq], inplace=True)  # u, q, k, v; the channel values W_v, W_p are linear
+    u, q, k, v, v_t, v_p = proj.split([3 * D, Hq, Hq, D, D, D], dim=1)
+    channels = [retention_step_channel(q.view(N, H, -1), k.view(N, H, -1), v.view(N, H, -1), states[0], w.g_gamma)]
+    if temporal is not None:
+        channels.append(temporal_step_channel(v_t.view(N, states[1].shape[-3], -1), temporal, states[1]))
+    channels.append(positional_step_channel(w.positional_table, v_p.view(N, 1, D), positions, states[2]))
+    o = fused_block_step(channels, state_indices, backend=backend, validate=validate)
+    if temporal is None:  # the ablation's temporal output is zero (its state stays as it is)
+        o = torch.cat([o[:, :D], torch.zeros_like(o[:, :D]), o[:, D:]], dim=1)
+        gain, skip = w.gain_ablation, w.skip_ablation
+    else:
+        gain, skip = w.gain, w.skip
+    v_all = proj[:, 3 * D + 2 * Hq:]  # [v | v_t | v_p], the skip terms
+    # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
+    y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
+    h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)
+    up_gate = rms_norm(h) @ w.w31
+    # SiLU(W1 z) * W3 z = (W3 z * sigmoid(W1 z)) * W1 z: GLU over [W3 z | W1 z], times W1 z
+    hidden = F.glu(up_gate, dim=1).mul_(up_gate[:, w.w2.shape[0]:])
+    return torch.addmm(h, hidden, w.w2)
 
 
 class FuXiLinearBlock(nn.Module):
@@ -131,13 +178,15 @@ class FuXiLinearBlock(nn.Module):
         y_p, s_p = self.positional(x_hat, positions, **kw)
         return self._mix(x, u, y_s, y_t, y_p), ((s_s, s_t, s_p) if output_final_state else None)
 
-    def step_weights(self) -> StepWeights:
-        """:class:`StepWeights`, recomputed only when one of the weights changes."""
+    def step_sources(self) -> Tuple[torch.Tensor, ...]:
+        """The parameters :meth:`step_weights` derives from."""
         f, t, p = self.ffn, self.temporal, self.positional
+        return (self.uvqk, t.proj_v.weight, p.proj_p.weight, f.lin0.weight, f.lin1.weight, f.lin2.weight,
+                f.lin3.weight, self.retention.decay_logits, t.alpha, t.beta, p.alpha, p.beta, p.table)
 
-        def sources():
-            return (self.uvqk, t.proj_v.weight, p.proj_p.weight, f.lin0.weight, f.lin1.weight, f.lin2.weight,
-                    f.lin3.weight, self.retention.decay_logits, t.alpha, t.beta, p.alpha, p.beta)
+    def step_weights(self) -> StepWeights:
+        """:class:`StepWeights`, recomputed only when one of the weights (:meth:`step_sources`) changes."""
+        f, t, p = self.ffn, self.temporal, self.positional
 
         def compute() -> StepWeights:
             D = self.dim
@@ -153,9 +202,10 @@ class FuXiLinearBlock(nn.Module):
             ablation[D:2 * D] = 0.0
             return StepWeights(w_in=w_in.contiguous(), w0=f.lin0.weight.t().contiguous(), w31=w31.contiguous(),
                                w2=f.lin2.weight.t().contiguous(), gain=gain, skip=skip,
-                               gain_ablation=gain * ablation, skip_ablation=skip * ablation)
+                               gain_ablation=gain * ablation, skip_ablation=skip * ablation,
+                               g_gamma=self.retention.step_decay()[0], positional_table=p.table)
 
-        return self._step_cache.get(sources, compute)
+        return self._step_cache.get(self.step_sources, compute)
 
     def step(
         self,
@@ -173,30 +223,8 @@ class FuXiLinearBlock(nn.Module):
         The same math as :meth:`forward` on one more event, arranged for few operations: one matrix product
         for every input projection (:meth:`step_weights`), the three channels in one
         :func:`fuxi_linear.ops.fused_block_step` (one kernel launch on a GPU), the three output norms as one
-        norm over ``(N, 3, D)``, the FFN's W1 and W3 as one product and a GLU. Decode only: not differentiable, no
-        dropout. ``validate=False`` skips the operator's input checks (the caller checked the states).
+        norm over ``(N, 3, D)``, the FFN's W1 and W3 as one product and a GLU (:func:`block_step` with this
+        block's cached :meth:`step_weights`). Decode only: not differentiable, no dropout. ``validate=False``
+        skips the operator's input checks (the caller checked the states).
         """
-        w = self.step_weights()
-        N, D = x.shape
-        H, Hq = self.num_heads, self.num_heads * self.qk_dim
-        proj = layer_norm(x) @ w.w_in
-        F.silu(proj[:, : 4 * D + 2 * Hq], inplace=True)  # u, q, k, v; the channel values W_v, W_p are linear
-        u, q, k, v, v_t, v_p = proj.split([3 * D, Hq, Hq, D, D, D], dim=1)
-        channels = [self.retention.step_channel(q.view(N, H, -1), k.view(N, H, -1), v.view(N, H, -1), states[0])]
-        if temporal is not None:
-            channels.append(self.temporal.step_channel(v_t.view(N, self.temporal.num_heads, -1), temporal, states[1]))
-        channels.append(self.positional.step_channel(v_p.view(N, 1, D), positions, states[2]))
-        o = fused_block_step(channels, state_indices, backend=backend, validate=validate)
-        if temporal is None:  # the ablation's temporal output is zero (its state stays as it is)
-            o = torch.cat([o[:, :D], torch.zeros_like(o[:, :D]), o[:, D:]], dim=1)
-            gain, skip = w.gain_ablation, w.skip_ablation
-        else:
-            gain, skip = w.gain, w.skip
-        v_all = proj[:, 3 * D + 2 * Hq:]  # [v | v_t | v_p], the skip terms
-        # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
-        y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
-        h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)
-        up_gate = rms_norm(h) @ w.w31
-        # SiLU(W1 z) * W3 z = (W3 z * sigmoid(W1 z)) * W1 z: GLU over [W3 z | W1 z], times W1 z
-        hidden = F.glu(up_gate, dim=1).mul_(up_gate[:, w.w2.shape[0]:])
-        return torch.addmm(h, hidden, w.w2)
+        return block_step(x, self.step_weights(), temporal, positions, states, state_indices, backend, validate)

@@ -125,10 +125,7 @@ class LinearPositionalChannel(nn.Module):
         """The positional channel as a fused-decode-step channel: values ``v: (N, 1, D)``, ``positions: (N,)``
         int64, state pool ``(P, 1, P_dim, D)``. q and k are the same table row (k's ``1 / (P/2)`` is the
         operator's ``k_scale``), read once for both; ``alpha o + beta v`` is left to the caller."""
-        e = self.table.unsqueeze(1).index_select(0, positions)  # (N, 1, P)
-        if e.dtype != v.dtype:
-            e = e.to(v.dtype)
-        return StepChannel(e, e, v, state, k_scale=1.0 / (self.width // 2))
+        return positional_step_channel(self.table, v, positions, state)
 
     def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto",
              state_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -137,3 +134,13 @@ class LinearPositionalChannel(nn.Module):
         v = self.proj_p(x_hat).unsqueeze(-2)
         o = fused_block_step([self.step_channel(v, positions, state)], state_indices, backend=backend).view_as(v)
         return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2)
+
+
+def positional_step_channel(table: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                            state: torch.Tensor) -> StepChannel:
+    """:meth:`LinearPositionalChannel.step_channel` from its operands: the table ``(Nmax, P)``, values
+    ``v (N, 1, D)``, ``positions (N,)`` int64 and the state pool ``(P_pool, 1, P, D)``."""
+    e = table.unsqueeze(1).index_select(0, positions)  # (N, 1, P): q and k, read once for both
+    if e.dtype != v.dtype:
+        e = e.to(v.dtype)
+    return StepChannel(e, e, v, state, k_scale=1.0 / (table.shape[1] // 2))

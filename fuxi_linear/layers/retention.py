@@ -92,7 +92,7 @@ class RetentionChannel(nn.Module):
         """The retention channel as a fused-decode-step channel: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``,
         state pool ``(P, H, dqk, dv)``. The operator's output ``q S`` still needs the inclusive decay ``d``
         per head (``o = (d q) S = d (q S)``; :meth:`step_decay`), which the caller applies."""
-        return StepChannel(q, k, v, state, g_gamma=self.step_decay()[0])
+        return retention_step_channel(q, k, v, state, self.step_decay()[0])
 
     def step(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto",
@@ -102,3 +102,10 @@ class RetentionChannel(nn.Module):
         ``state_indices`` of a pool, if given); returns ``o: (N, H, dv)``. Not differentiable."""
         o = fused_block_step([self.step_channel(q, k, v, state)], state_indices, backend=backend)
         return o.view_as(v) * self.step_decay()[1].to(v.dtype)[:, None]
+
+
+def retention_step_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
+                           g_gamma: torch.Tensor) -> StepChannel:
+    """:meth:`RetentionChannel.step_channel` from its operands: ``q, k (N, H, dqk)``, ``v (N, H, dv)``, the state
+    pool ``(P, H, dqk, dv)`` and the heads' log-decay ``g_gamma (H,)``."""
+    return StepChannel(q, k, v, state, g_gamma=g_gamma)

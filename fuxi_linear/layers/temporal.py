@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,54 @@ def temporal_periods(base: int, start: int, stride: int, num_periods: int) -> to
     if any(p <= 0 or p >= 2**62 for p in periods):
         raise ValueError(f"temporal periods must lie in [1, 2^62), got {periods}")
     return torch.tensor(periods, dtype=torch.int64)
+
+
+class TemporalStepConstants(NamedTuple):
+    """What :func:`temporal_step_features` reads besides the events (derived from ``periods`` and
+    ``decay_logits``; :meth:`TemporalEncoding.step_constants` caches them).
+
+    ``periods`` int64, ``omega = 2 pi / periods`` float64 and ``log_gamma = ln(sigmoid(b))`` float32, each
+    ``(1, 1, Ht)``; ``qk_index (2 x 2Ht x 2,)``: the flat positions of q's and then k's entries in the per-user
+    trigonometric row ``[cos theta_k | sin theta_k | cos theta_q | sin theta_q]`` (4Ht,); ``q_decay_index
+    (2Ht x 2,)``: the period of each of q's entries; ``q_sign (2Ht, 2)`` float32; ``head_period (2Ht,)``: the
+    period of each head; ``max_log_decay``: the clamp of the log-decays.
+    """
+
+    periods: torch.Tensor
+    omega: torch.Tensor
+    log_gamma: torch.Tensor
+    qk_index: torch.Tensor
+    q_decay_index: torch.Tensor
+    q_sign: torch.Tensor
+    head_period: torch.Tensor
+    max_log_decay: float
+
+
+def temporal_step_features(c: TemporalStepConstants, t_last: torch.Tensor, t_key: torch.Tensor,
+                           t_query: torch.Tensor, dtype: torch.dtype = torch.float32) -> TemporalFeatures:
+    """:meth:`TemporalEncoding.features` for one event per user at ``t_key``, after the user's previous event
+    at ``t_last`` and before the request at ``t_query`` (``(N,)`` int64 each), in few operations: the two gaps
+    in one difference, both phases and both decays in one pass each, q and k gathered at once from one row of
+    cosines and sines. The same operations on the same numbers as :meth:`TemporalEncoding.features` (so the
+    same values). Returns q, k ``(N, 2Ht, 2)`` in ``dtype`` and g ``(N, 2Ht)`` float32.
+
+    A pure function of its arguments (no caches, no data-dependent control flow): the compiled decode step
+    traces it.
+    """
+    N, H = t_key.shape[0], c.q_sign.shape[0]
+    times = torch.stack([t_last, t_key, t_query], dim=-1)  # (N, 3)
+    # int64 (t mod T) times float64 omega: the product promotes to float64, as .double() * omega does
+    theta = torch.remainder(times[:, 1:].unsqueeze(-1), c.periods) * c.omega  # (N, 2 (key, query), Ht)
+    trig = torch.cat([torch.cos(theta), torch.sin(theta)], dim=-1).float().view(N, 2 * H)
+    gaps = torch.diff(times, dim=-1).clamp(min=0).unsqueeze(-1)  # (N, 2, 1): from the last event, to the query
+    log_decay = (c.log_gamma * (gaps * c.omega).float()).clamp(min=-c.max_log_decay)  # (N, 2, Ht)
+    qk = trig.index_select(1, c.qk_index).view(N, 2, H, 2)
+    q, k = qk[:, 0], qk[:, 1]  # (not unbind: a compiled graph would fix N to update its output in place)
+    q = q.mul_(torch.exp(log_decay[:, 1]).index_select(1, c.q_decay_index).view(N, H, 2).mul_(c.q_sign))
+    g = log_decay[:, 0].index_select(1, c.head_period)
+    if dtype != torch.float32:
+        q, k = q.to(dtype), k.to(dtype)
+    return TemporalFeatures(q=q, k=k, g=g)
 
 
 class TemporalEncoding(nn.Module):
@@ -108,12 +156,9 @@ class TemporalEncoding(nn.Module):
         q = q * torch.exp(self.log_decay(t_query - t_key)).unsqueeze(-1)
         return TemporalFeatures(q=q, k=k, g=self.log_decay(gap_prev))
 
-    def _step_constants(self):
-        """What :meth:`step_features` reuses until ``periods`` or ``decay_logits`` change: ``periods``,
-        ``omega`` (float64) and ``ln(gamma)`` (float32), each ``(1, 1, Ht)``; the flat index maps that gather
-        q and k from the per-user trigonometric row ``[cos theta_k | sin theta_k | cos theta_q | sin theta_q]``
-        (4Ht,) and q's decay from ``exp(log-decay to the query)`` (Ht,); q's signs ``(2Ht, 2)``; the period of
-        each head ``(2Ht,)``."""
+    def step_constants(self) -> "TemporalStepConstants":
+        """The :class:`TemporalStepConstants` of this encoding, recomputed only when ``periods`` or
+        ``decay_logits`` change."""
 
         def compute():
             Ht, dev = self.num_periods, self.periods.device
@@ -124,32 +169,25 @@ class TemporalEncoding(nn.Module):
             q_sign = torch.ones(2 * Ht, 2, device=dev)
             q_sign[:Ht, 1] = -1.0
             head_period = torch.cat([m, m])
-            return (self.periods.view(1, 1, Ht), self.omega.view(1, 1, Ht),
-                    F.logsigmoid(self.decay_logits.float()).view(1, 1, Ht), k_index.flatten(), q_index.flatten(),
-                    head_period.repeat_interleave(2), q_sign, head_period)
+            return TemporalStepConstants(
+                periods=self.periods.view(1, 1, Ht), omega=self.omega.view(1, 1, Ht),
+                log_gamma=F.logsigmoid(self.decay_logits.float()).view(1, 1, Ht),
+                qk_index=torch.cat([q_index.flatten(), k_index.flatten()]),
+                q_decay_index=head_period.repeat_interleave(2), q_sign=q_sign, head_period=head_period,
+                max_log_decay=self.max_log_decay)
 
-        return self._step_cache.get(lambda: (self.periods, self.decay_logits), compute)
+        return self._step_cache.get(self.step_sources, compute)
+
+    def step_sources(self) -> Tuple[torch.Tensor, ...]:
+        """The tensors :meth:`step_constants` derives from."""
+        return self.periods, self.decay_logits
 
     def step_features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor,
                       dtype: torch.dtype = torch.float32) -> TemporalFeatures:
-        """:meth:`features` for one event per user (``(N,)`` int64 each), in fewer operations: both phases and
-        both gaps in one pass each, q and k gathered from one row of cosines and sines. The same operations
-        on the same numbers as :meth:`features` (so the same values). Returns q, k ``(N, 2Ht, 2)`` in
-        ``dtype`` and g ``(N, 2Ht)`` float32. Not differentiable (decode only)."""
-        periods, omega, log_gamma, k_index, q_index, q_decay_index, q_sign, head_period = self._step_constants()
-        N, H = t_key.shape[0], 2 * self.num_periods
-        # int64 (t mod T) times float64 omega: the product promotes to float64, as .double() * omega does
-        theta = torch.remainder(torch.stack([t_key, t_query], dim=-1).unsqueeze(-1), periods) * omega  # (N, 2, Ht)
-        trig = torch.cat([torch.cos(theta), torch.sin(theta)], dim=-1).float().view(N, 2 * H)
-        gaps = torch.stack([t_query - t_key, gap_prev], dim=-1).clamp(min=0).unsqueeze(-1)  # to the query, from the last
-        log_decay = (log_gamma * (gaps * omega).float()).clamp(min=-self.max_log_decay)  # (N, 2, Ht)
-        q_decay = torch.exp(log_decay[:, 0]).index_select(1, q_decay_index).view(N, H, 2)
-        q = trig.index_select(1, q_index).view(N, H, 2).mul_(q_decay.mul_(q_sign))
-        k = trig.index_select(1, k_index).view(N, H, 2)
-        g = log_decay[:, 1].index_select(1, head_period)
-        if dtype != torch.float32:
-            q, k = q.to(dtype), k.to(dtype)
-        return TemporalFeatures(q=q, k=k, g=g)
+        """:meth:`features` for one event per user (``(N,)`` int64 each): :func:`temporal_step_features` with
+        this encoding's cached :meth:`step_constants` (``gap_prev`` the gap since the user's previous event).
+        Not differentiable (decode only)."""
+        return temporal_step_features(self.step_constants(), t_key - gap_prev, t_key, t_query, dtype)
 
     @staticmethod
     def _event_times(timestamps, lengths, query_timestamps):
@@ -349,7 +387,7 @@ class TemporalRetentionChannel(nn.Module):
         """The temporal channel as a fused-decode-step channel: values ``v: (N, 2Ht, D/2Ht)``, features of
         :meth:`TemporalEncoding.step_features`, state pool ``(P, 2Ht, 2, D/2Ht)``. The augmented output
         ``alpha o + beta v`` is left to the caller."""
-        return StepChannel(feats.q, feats.k, v, state, g=feats.g)
+        return temporal_step_channel(v, feats, state)
 
     def step(self, x_hat: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor, backend: str = "auto",
              state_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -359,3 +397,9 @@ class TemporalRetentionChannel(nn.Module):
         feats = TemporalFeatures(q=feats.q.to(v.dtype), k=feats.k.to(v.dtype), g=feats.g)
         o = fused_block_step([self.step_channel(v, feats, state)], state_indices, backend=backend)
         return self._augment(o.view_as(v), v)
+
+
+def temporal_step_channel(v: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor) -> StepChannel:
+    """:meth:`TemporalRetentionChannel.step_channel` from its operands: values ``v (N, 2Ht, D/2Ht)``, the
+    features of :func:`temporal_step_features` and the state pool ``(P, 2Ht, 2, D/2Ht)``."""
+    return StepChannel(feats.q, feats.k, v, state, g=feats.g)
