@@ -5,7 +5,7 @@ HSTU and FuXi-alpha, on the ``fuxi-linear bench`` CPU default model (2 blocks, D
                                           [--repeats 200] [--burst 5] [--warmup 3] [--no-validate-row]
 
 For each thread count and history length T: every model prefills the same B random histories of T events
-(``fuxi_linear.benchmarking.make_inputs``), under ``torch.inference_mode()``; then decode steps are timed,
+(``fuxi_linear.bench.make_inputs``), under ``torch.inference_mode()``; then decode steps are timed,
 each on a fresh clone of the prefilled state (cloned outside the timed region, so every step is at exactly
 T), in rounds over the models in a shuffled order, a burst of consecutive steps per model and round whose
 first step is not timed (see :func:`time_round_robin`). All steps validate their inputs, as the bench's do
@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fuxi_linear.benchmarking import BenchSettings, build_bench_models, make_inputs, prefill_call
+from fuxi_linear.bench import BenchSettings, build_bench_models, make_inputs, prefill_call
 
 BASELINES = ("sasrec", "hstu", "fuxi-alpha")
 
@@ -73,7 +73,7 @@ def run(seq_lens: List[int], batch_size: int, threads: List[int], warmup: int, r
     rows = []
     steps = 2  # each timed step is on a fresh clone of the prefilled state
     settings = BenchSettings(device="cpu", seq_lens=seq_lens, batch_size=batch_size,
-                             models=["fuxi-linear", *BASELINES], progress=False).resolve()
+                             models=["fuxi-linear", *BASELINES], progress=False, compile_step="off").resolve()
     models = build_bench_models(settings)
     eager = models["fuxi-linear"]
     compiled = copy.deepcopy(eager).compile_step()

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional
 
 from .acceleration import PRECISIONS
 from .bench.demo import DemoSettings
-from .bench.settings import (BENCH_MODELS, CPU_DEFAULTS, CPU_SEQ_LENS, GPU_DECODE_USERS, GPU_DEFAULTS, GPU_SEQ_LENS,
-                             BenchSettings, parse_models, parse_seq_lens)
+from .bench.settings import (BENCH_MODELS, COMPILE_STEP_CHOICES, CPU_DEFAULTS, CPU_SEQ_LENS, GPU_DECODE_USERS,
+                             GPU_DEFAULTS, GPU_SEQ_LENS, BenchSettings, parse_models, parse_seq_lens)
 from .data import DATASET_NAMES
 from .registry import MODEL_NAMES
 from .training_config import PRESETS, TrainConfig
@@ -166,6 +166,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    f"{GPU_DEFAULTS['repeats']} GPU / {CPU_DEFAULTS['repeats']} CPU)")
     p.add_argument("--decode-repeats", type=int, help="timed decode steps (default "
                    f"{GPU_DEFAULTS['decode_repeats']} GPU / {CPU_DEFAULTS['decode_repeats']} CPU)")
+    p.add_argument("--decode-burst", type=int, help="consecutive decode steps per model and round, the first "
+                   "untimed: steady steps of a loop that only decodes; 1 times each step cold, right after another "
+                   f"model's (default {GPU_DEFAULTS['decode_burst']} GPU / {CPU_DEFAULTS['decode_burst']} CPU)")
     p.add_argument("--decode-users", help="comma list of users per step for FuXi-Linear's decode-throughput sweep "
                    f"(default {','.join(map(str, GPU_DECODE_USERS))} on GPU, none on CPU)")
     p.add_argument("--peak-gbs", type=float, help="memory bandwidth (GB/s) for the decode '%% of peak' (default: "
@@ -174,6 +177,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="FuXi-Linear's operator backend (auto: Triton on CUDA)")
     p.add_argument("--threads", type=int, help="CPU only: torch threads for the run (default: torch's; 1 is "
                    "the steadiest on a shared, oversubscribed machine)")
+    p.add_argument("--compile-step", default="auto", choices=COMPILE_STEP_CHOICES,
+                   help="FuXi-Linear's CPU decode step through torch.compile (model.compile_step(); auto: on for a "
+                   "CPU, off on CUDA where the step is the fused kernel; the compile, tens of seconds, is untimed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--plot", help="write a Figure-2-style PNG here (needs matplotlib)")
@@ -187,9 +193,10 @@ def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
         batch_size=args.batch_size, models=parse_models(args.models), dtype=args.dtype,
         embedding_dim=args.embedding_dim, num_blocks=args.num_blocks, num_heads=args.num_heads, qk_dim=args.qk_dim,
         warmup=args.warmup, repeats=args.repeats, decode_repeats=args.decode_repeats, seed=args.seed,
+        decode_burst=args.decode_burst,
         backend=args.backend, threads=args.threads, progress=not args.no_progress,
         decode_users=parse_seq_lens(args.decode_users, "--decode-users") if args.decode_users is not None else None,
-        peak_gbs=args.peak_gbs,
+        peak_gbs=args.peak_gbs, compile_step=args.compile_step,
     )
 
 

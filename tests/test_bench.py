@@ -20,9 +20,9 @@ from step_cost import step_cost
 
 TINY = ["--device", "cpu", "--batch-size", "2", "--embedding-dim", "32", "--num-blocks", "1", "--num-heads", "2",
         "--qk-dim", "8", "--warmup", "0", "--repeats", "2", "--decode-repeats", "2", "--threads", "1",
-        "--no-progress"]
+        "--no-progress", "--compile-step", "off"]
 TINY_SETTINGS = dict(device="cpu", batch_size=2, embedding_dim=32, num_blocks=1, num_heads=2, qk_dim=8, warmup=0,
-                     repeats=1, decode_repeats=1, threads=1, progress=False)
+                     repeats=1, decode_repeats=1, threads=1, progress=False, compile_step="off")
 
 
 def _has_matplotlib():
@@ -87,6 +87,68 @@ def test_peak_bandwidth_table_and_flags():
     assert BenchSettings(device="cpu", decode_users="4,2").resolve().decode_users == [2, 4]
     with pytest.raises(BenchError, match="--peak-gbs"):
         BenchSettings(device="cpu", peak_gbs=-1).resolve()
+
+
+def test_compile_step_setting_follows_the_device_and_the_models():
+    assert BenchSettings(device="cpu").resolve().compile_step == "on"
+    assert BenchSettings(device="cpu", compile_step="off").resolve().compile_step == "off"
+    assert BenchSettings(device="cpu", models=["hstu"]).resolve().compile_step == "off"
+    assert any("compiled step" in n for n in BenchSettings(device="cpu").resolve().notes)
+    with pytest.raises(BenchError, match="--compile-step must be one of auto, on, off, got 'yes'"):
+        BenchSettings(device="cpu", compile_step="yes").resolve()
+
+
+@pytest.mark.parametrize("compiles", [True, False])
+def test_bench_times_the_compiled_step_after_an_untimed_compile(monkeypatch, compiles):
+    """``--compile-step on`` (the CPU default): FuXi-Linear's decode rows say which step they timed, the first
+    (compiling) call of each batch size is untimed, and a failed compile is a note, not an error. The compile
+    is replaced by a stand-in (the uncompiled function; or one that fails like a missing C++ compiler) so that
+    the test does not pay inductor's tens of seconds."""
+    import torch._dynamo
+    import fuxi_linear.compiled_step as compiled_step
+
+    firsts = []
+
+    def stand_in(fn, options):
+        def call(*args):
+            firsts.append(bench_run.time_interleaved.calls)
+            if not compiles:
+                raise torch._dynamo.exc.TorchDynamoException("InvalidCxxCompiler: no working C++ compiler found")
+            return fn(*args)
+        return call
+
+    timed = bench_run.time_interleaved
+
+    def counting(*args, **kwargs):
+        counting.calls += 1
+        return timed(*args, **kwargs)
+
+    counting.calls = 0
+    monkeypatch.setattr(bench_run, "time_interleaved", counting)
+    monkeypatch.setattr(compiled_step, "_compile", stand_in)
+    settings = BenchSettings(seq_lens=[8, 16], models=["fuxi-linear", "sasrec"], decode_users=[3],
+                             **{**TINY_SETTINGS, "compile_step": "on"})
+    with pytest.warns(RuntimeWarning, match="decode steps run eagerly") if not compiles else _no_warning():
+        result = run_benchmark(settings)
+    rows = [r for r in result.rows if r["model"] == "fuxi-linear" and r["stage"].startswith("decode")]
+    assert len(rows) == 3 and all(r["decode_step"] == ("compiled" if compiles else "eager") for r in rows)
+    assert all("decode_step" not in r for r in result.rows if r["model"] == "sasrec")
+    # the first call of the step came before any decode timing (prefill T=8 was timed once: counter 1)
+    assert firsts and firsts[0] == 1
+    failed_note = [n for n in result.notes if "compiling FuXi-Linear's decode step failed" in n]
+    assert bool(failed_note) != compiles
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("error", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
 
 
 def test_bench_without_fuxi_linear_has_no_speedups(capsys):
@@ -171,6 +233,29 @@ def test_time_call_excludes_warmup_and_setup():
     assert [c[0] for c in calls] == ["setup", "call"] * 5  # a fresh setup before every call, warm-up included
 
 
+def test_bursts_time_all_but_the_first_call_of_each_burst(monkeypatch):
+    """Two functions round-robin in bursts of 3: a burst's first call is untimed, each gets exactly ``repeats``
+    timed calls, and the rounds alternate the functions."""
+    import fuxi_linear.bench.timing as timing
+
+    log, timed = [], []
+    real = timing._time_once
+
+    def counted(fn, args, device):
+        timed.append(1)
+        return real(fn, args, device)
+
+    monkeypatch.setattr(timing, "_time_once", counted)
+    calls = {name: ((lambda n=name: log.append(n)), None) for name in ("a", "b")}
+    times, failed = timing.time_interleaved(calls, "cpu", warmup=1, repeats=5, burst=3)
+    assert not failed and [len(times[n]) for n in "ab"] == [5, 5] and len(timed) == 10
+    # warm-up round: 3 + 3; then 3 rounds (2 timed per burst): a a a b b b | a a a b b b | a a b b
+    assert "".join(log) == "aaabbb" + "aaabbb" * 2 + "aabb"
+    assert bench_settings.timed_rounds(5, 3) == 3 and bench_settings.timed_rounds(5, 1) == 5
+    s = BenchSettings(device="cpu", warmup=1, decode_repeats=5, decode_burst=3).resolve()
+    assert s.steps_per_state == (1 + 3) * 3 + 1  # a state stepped in place has room for every call
+
+
 @pytest.fixture(scope="module")
 def tiny_models():
     settings = BenchSettings(seq_lens=[16, 64], **TINY_SETTINGS).resolve()
@@ -240,7 +325,8 @@ def test_demo_end_to_end(tmp_path):
                             num_blocks=1, num_heads=2, batch_size=32, num_negatives=16, bench_seq_lens=(8, 16),
                             bench_batch_size=2, bench_repeats=1, bench_decode_repeats=1, threads=1, progress=False,
                             extra_train=dict(temporal_num_periods=4),
-                            extra_bench=dict(embedding_dim=32, num_blocks=1, num_heads=2, qk_dim=8, warmup=0))
+                            extra_bench=dict(embedding_dim=32, num_blocks=1, num_heads=2, qk_dim=8, warmup=0,
+                                             compile_step="off"))
     summary = run_demo(settings, log=lines.append)
     out = tmp_path / "demo"
     assert (out / "train" / "metrics.json").is_file() and (out / "train" / "checkpoint.pt").is_file()

@@ -63,13 +63,25 @@ def model_kwargs(name: str, s: BenchSettings) -> Dict[str, Any]:
 
 
 def build_bench_models(s: BenchSettings) -> Dict[str, torch.nn.Module]:
-    """Each model of ``s.models`` in eval mode, on ``s.device`` in ``s.dtype`` (same seed for each)."""
+    """Each model of ``s.models`` in eval mode, on ``s.device`` in ``s.dtype`` (same seed for each); FuXi-Linear
+    with its compiled decode step when ``s.compile_step == "on"``."""
     models = {}
     for name in s.models:
         torch.manual_seed(s.seed)
         models[name] = build_model(name, **model_kwargs(name, s)).eval().to(device=s.torch_device,
                                                                              dtype=s.torch_dtype)
+    if s.compile_step == "on" and "fuxi-linear" in models:
+        models["fuxi-linear"].compile_step()
     return models
+
+
+def decode_step_kind(model: torch.nn.Module) -> Optional[str]:
+    """``"compiled"`` / ``"eager"`` for FuXi-Linear (eager also once compiling has failed), None for the
+    KV-cache baselines."""
+    if not hasattr(model, "compile_step"):
+        return None
+    compiled = getattr(model, "_compiled_step", None)
+    return "compiled" if compiled is not None and compiled.active else "eager"
 
 
 def prefill_call(model: torch.nn.Module, inputs: BenchInputs, capacity: Optional[int] = None):

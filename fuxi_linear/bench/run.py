@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..utils import progress
-from .inputs import build_bench_models, decode_call, make_inputs, prefill_call
+from .inputs import build_bench_models, decode_call, decode_step_kind, make_inputs, prefill_call
 from .machine import machine_info, nominal_peak_gbs
 from .plot import plot_results, require_matplotlib
 from .report import format_report, write_json
@@ -77,6 +77,10 @@ def _run(s: BenchSettings, device: torch.device, log: Callable[[str], None]) -> 
     finally:
         if bar is not None:
             bar.close()
+    compiled = getattr(models.get("fuxi-linear"), "_compiled_step", None)
+    if compiled is not None and not compiled.active:
+        notes.append(f"compiling FuXi-Linear's decode step failed ({compiled.failure[:300]}): its decode rows are "
+                     f"the eager step")
     order = {m: i for i, m in enumerate(s.models)}
     rows.sort(key=lambda r: (order[r["model"]], STAGES.index(r["stage"]), r["seq_len"]))
     for r in rows:
@@ -107,8 +111,9 @@ def _measure_throughput(N: int, model, s: BenchSettings, device, base, peak, say
         state = model.empty_state(N, device)
         state.position.fill_(THROUGHPUT_POSITION)
         inputs = make_inputs(N, 1, s.num_items, s.seed, device)
+        _prime_compiled_step(model, state.clone(), inputs)
         timed, failed = time_interleaved({"step": (lambda: decode_call(model, state, inputs), None)}, device,
-                                         s.warmup, s.decode_repeats)
+                                         s.warmup, s.decode_repeats, burst=s.decode_burst)
         times = timed["step"]
     except Exception as err:  # noqa: BLE001
         if not is_out_of_memory(err):
@@ -120,7 +125,7 @@ def _measure_throughput(N: int, model, s: BenchSettings, device, base, peak, say
         return dict(row, ms=None, status="out of memory")
     nbytes = state_bytes_per_user(state, THROUGHPUT_POSITION)
     row.update(ms=statistics.median(times), ms_q25=quantile(times, 0.25), ms_q75=quantile(times, 0.75),
-               repeats=len(times), state_bytes_per_user=nbytes, status="ok",
+               repeats=len(times), state_bytes_per_user=nbytes, status="ok", decode_step=decode_step_kind(model),
                bytes_per_step=N * decode_bytes_per_user(state, THROUGHPUT_POSITION, s.embedding_dim, s.torch_dtype))
     del state
     free_memory(device)
@@ -171,10 +176,12 @@ def _measure_length(T, models, s: BenchSettings, device, base, say, out_of_memor
     if bar is not None:
         bar.update(len(s.models))
         bar.set_description(f"decode T={T}")
+    if "fuxi-linear" in states:
+        _prime_compiled_step(models["fuxi-linear"], states["fuxi-linear"].clone(), inputs)
     times, failed = time_interleaved(
         {name: ((lambda st, m=models[name]: decode_call(m, st, inputs)), (lambda st=states[name]: (st.clone(),)))
          for name in states},
-        device, s.warmup, s.decode_repeats)
+        device, s.warmup, s.decode_repeats, burst=s.decode_burst)
     for name in states:
         if name in failed:
             out_of_memory(name, "decode")
@@ -182,12 +189,22 @@ def _measure_length(T, models, s: BenchSettings, device, base, say, out_of_memor
             row = _row(name, "decode", T, times[name], nbytes[name], base)
             row["bytes_per_step"] = s.batch_size * decode_bytes_per_user(states[name], T, s.embedding_dim,
                                                                          s.torch_dtype)
+            kind = decode_step_kind(models[name])
+            if kind is not None:
+                row["decode_step"] = kind
             rows.append(row)
     states.clear()
     free_memory(device)
     if bar is not None:
         bar.update(len(s.models))
     return rows
+
+
+def _prime_compiled_step(model, state, inputs) -> None:
+    """One untimed step of a compiled step (on a throwaway state): the first call of a new batch or pool size
+    compiles, which takes seconds and is not what a decode step costs."""
+    if decode_step_kind(model) == "compiled":
+        decode_call(model, state, inputs)
 
 
 def _row(name, stage, T, times, nbytes, base) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ import torch
 
 from ..registry import BASELINE_NAMES, MODEL_NAMES
 from ..utils import check_int, resolve_device
+from .timing import timed_rounds
 
 #: Models in the order they are reported (FuXi-Linear first: the speed-ups are relative to it).
 BENCH_MODELS: Tuple[str, ...] = MODEL_NAMES
@@ -27,8 +28,15 @@ THROUGHPUT_POSITION = 256
 PAPER_MODEL = dict(embedding_dim=128, num_blocks=4, num_heads=4, qk_dim=32)
 #: CPU default: a smaller model, so the whole grid finishes in a couple of minutes on a few cores.
 CPU_MODEL = dict(embedding_dim=64, num_blocks=2, num_heads=4, qk_dim=16)
-GPU_DEFAULTS = dict(batch_size=32, warmup=3, repeats=10, decode_repeats=50)
-CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=5, decode_repeats=15)
+#: ``decode_burst``: consecutive decode steps per model and round, the first untimed (see
+#: :func:`fuxi_linear.bench.timing.time_interleaved`): on a CPU a step right after another model's runs with
+#: that model's data and code in the caches, which a serving loop that only decodes never sees.
+GPU_DEFAULTS = dict(batch_size=32, warmup=3, repeats=10, decode_repeats=50, decode_burst=1)
+CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=5, decode_repeats=15, decode_burst=4)
+
+#: ``--compile-step`` values: ``auto`` = the compiled decode step on a CPU (``FuXiLinear.compile_step``), eager on CUDA
+#: (where the step is the fused Triton kernel and compiling does not apply).
+COMPILE_STEP_CHOICES: Tuple[str, ...] = ("auto", "on", "off")
 
 #: Catalogue size of the synthetic inputs (item ids only index the embedding table: it does not affect speed).
 BENCH_NUM_ITEMS = 10_000
@@ -120,12 +128,14 @@ class BenchSettings:
     warmup: Optional[int] = None
     repeats: Optional[int] = None
     decode_repeats: Optional[int] = None
+    decode_burst: Optional[int] = None  # consecutive decode steps per model and round, the first untimed
     num_items: int = BENCH_NUM_ITEMS
     seed: int = 0
     backend: str = "auto"  # FuXi-Linear's operator backend
     decode_users: Optional[Sequence[int]] = None  # N of the decode-throughput sweep (None: the device's default)
     peak_gbs: Optional[float] = None  # memory bandwidth for "% of peak" (None: nominal_peak_gbs of the GPU)
     threads: Optional[int] = None  # CPU: torch threads for the run (None = leave torch's setting)
+    compile_step: str = "auto"  # FuXi-Linear's CPU decode step compiled (see COMPILE_STEP_CHOICES); resolved: on/off
     progress: bool = True
     notes: List[str] = field(default_factory=list)
 
@@ -167,13 +177,23 @@ class BenchSettings:
                 "CPU default model: {num_blocks} blocks, D={embedding_dim}, H={num_heads}, dqk={qk_dim} (smaller than "
                 "the paper's 4 blocks, D=128, H=4, dqk=32; pass --embedding-dim/--num-blocks/--num-heads/--qk-dim "
                 "to change it)".format(**{k: getattr(out, k) for k in scale}))
+        if self.compile_step not in COMPILE_STEP_CHOICES:
+            raise BenchError(f"--compile-step must be one of {', '.join(COMPILE_STEP_CHOICES)}, "
+                             f"got {self.compile_step!r}")
+        if gpu and self.compile_step == "on":
+            out.notes.append(f"--compile-step on ignored on {device.type} (the step there is the fused Triton kernel)")
+        out.compile_step = "on" if not gpu and self.compile_step != "off" and "fuxi-linear" in models else "off"
+        if out.compile_step == "on":
+            out.notes.append("FuXi-Linear decode on the CPU: the compiled step (model.compile_step(): one inductor "
+                             "graph, compiled by an untimed step before timing; --compile-step off times the eager "
+                             "step)")
         if out.threads is not None:
             _check_int("--threads", out.threads)
         if out.threads is not None and gpu:
             out.notes.append(f"--threads {out.threads} ignored on {device.type}")
             out.threads = None
         for name in ("batch_size", "embedding_dim", "num_blocks", "num_heads", "qk_dim", "repeats",
-                     "decode_repeats", "num_items"):
+                     "decode_repeats", "decode_burst", "num_items"):
             _check_int(f"--{name.replace('_', '-')}", getattr(out, name))
         _check_int("--warmup", out.warmup, minimum=0)
         if out.embedding_dim % out.num_heads:
@@ -193,8 +213,9 @@ class BenchSettings:
 
     @property
     def steps_per_state(self) -> int:
-        """Decode steps a prefilled state/cache must have room for (warm-up + timed)."""
-        return self.warmup + self.decode_repeats
+        """Decode steps a prefilled state/cache must have room for (every warm-up and timed call, also the
+        untimed first call of each burst and one priming step)."""
+        return (self.warmup + timed_rounds(self.decode_repeats, self.decode_burst)) * self.decode_burst + 1
 
     @property
     def max_seq_len(self) -> int:

@@ -41,11 +41,16 @@ def time_call(fn: Callable[..., Any], device: torch.device | str, warmup: int, r
 
 
 def time_interleaved(calls: Dict[str, Tuple[Callable[..., Any], Optional[Callable[[], Tuple]]]],
-                     device: torch.device | str, warmup: int, repeats: int, catch_oom: bool = True
-                     ) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
-    """Time several ``name -> (fn, setup)`` round-robin: warm-up rounds, then ``repeats`` rounds in which each
-    function is called once (``fn(*setup())``, setup untimed). Interleaving exposes every function to the
-    same drift of a shared machine, so their ratios stay meaningful when absolute times wander.
+                     device: torch.device | str, warmup: int, repeats: int, catch_oom: bool = True,
+                     burst: int = 1) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
+    """Time several ``name -> (fn, setup)`` round-robin: warm-up rounds, then rounds in which each function is
+    called ``burst`` times in a row (``fn(*setup())``, setup untimed), until each has ``repeats`` timed calls.
+    Interleaving exposes every function to the same drift of a shared machine, so their ratios stay
+    meaningful when absolute times wander.
+
+    ``burst > 1``: the first call of each burst is untimed. A call right after another function's runs with
+    that function's data, code and allocator state in the caches; a serving loop that only decodes never
+    pays that, and a burst times the steady calls instead (``burst=1`` times those cold calls).
 
     Returns ``(times, failed)``: milliseconds per name, and ``name -> stage`` ("warm-up"/"timed") for the
     functions that ran out of memory (dropped from later rounds; other errors propagate).
@@ -53,26 +58,32 @@ def time_interleaved(calls: Dict[str, Tuple[Callable[..., Any], Optional[Callabl
     device = torch.device(device)
     times: Dict[str, List[float]] = {name: [] for name in calls}
     failed: Dict[str, str] = {}
-    for phase, rounds in (("warm-up", warmup), ("timed", repeats)):
+    for phase, rounds in (("warm-up", warmup), ("timed", timed_rounds(repeats, burst))):
         for _ in range(rounds):
             for name, (fn, setup) in calls.items():
-                if name in failed:
-                    continue
-                try:
-                    args = setup() if setup is not None else ()
-                    if phase == "timed":
-                        times[name].append(_time_once(fn, args, device))
-                    else:
-                        fn(*args)
-                        _sync(device)
-                    args = ()
-                except Exception as err:  # noqa: BLE001 - only out-of-memory is caught
-                    if not (catch_oom and is_out_of_memory(err)):
-                        raise
-                    args = ()
-                    failed[name] = phase
-                    free_memory(device)
+                for i in range(burst):
+                    if name in failed or (phase == "timed" and len(times[name]) == repeats):
+                        break
+                    try:
+                        args = setup() if setup is not None else ()
+                        if phase == "timed" and (i > 0 or burst == 1):
+                            times[name].append(_time_once(fn, args, device))
+                        else:
+                            fn(*args)
+                            _sync(device)
+                        args = ()
+                    except Exception as err:  # noqa: BLE001 - only out-of-memory is caught
+                        if not (catch_oom and is_out_of_memory(err)):
+                            raise
+                        args = ()
+                        failed[name] = phase
+                        free_memory(device)
     return times, failed
+
+
+def timed_rounds(repeats: int, burst: int = 1) -> int:
+    """Rounds of :func:`time_interleaved` that give ``repeats`` timed calls in bursts of ``burst``."""
+    return -(-repeats // max(burst - 1, 1))
 
 
 def is_out_of_memory(err: BaseException) -> bool:
