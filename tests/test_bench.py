@@ -254,6 +254,8 @@ def test_bursts_time_all_but_the_first_call_of_each_burst(monkeypatch):
     assert bench_settings.timed_rounds(5, 3) == 3 and bench_settings.timed_rounds(5, 1) == 5
     s = BenchSettings(device="cpu", warmup=1, decode_repeats=5, decode_burst=3).resolve()
     assert s.steps_per_state == (1 + 3) * 3 + 1  # a state stepped in place has room for every call
+    s = BenchSettings(device="cpu", warmup=0, decode_repeats=5, decode_burst=3).resolve()
+    assert s.decode_warmup == 1 and s.steps_per_state == (1 + 3) * 3 + 1  # decode always warms up once
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,8 @@ def format_report(result: BenchResult) -> str:
     lines = [machine_line(result.machine),
              f"settings: batch {s.batch_size} users | model {s.num_blocks} blocks, D={s.embedding_dim}, "
              f"H={s.num_heads}, dqk={s.qk_dim} | median of {s.repeats} prefill / {s.decode_repeats} decode calls "
-             f"after {s.warmup} warm-up, models timed round-robin"
+             f"after {s.warmup} warm-up" + (f" ({s.decode_warmup} for decode)" if s.decode_warmup != s.warmup else "")
+             + ", models timed round-robin"
              + (f" (decode in bursts of {s.decode_burst} steps per model, the first untimed)" if s.decode_burst > 1
                 else "") + " | "
              + ("CUDA events" if s.torch_device.type == "cuda" else "time.perf_counter")

@@ -113,7 +113,7 @@ def _measure_throughput(N: int, model, s: BenchSettings, device, base, peak, say
         inputs = make_inputs(N, 1, s.num_items, s.seed, device)
         _prime_compiled_step(model, state.clone(), inputs)
         timed, failed = time_interleaved({"step": (lambda: decode_call(model, state, inputs), None)}, device,
-                                         s.warmup, s.decode_repeats, burst=s.decode_burst)
+                                         s.decode_warmup, s.decode_repeats, burst=s.decode_burst)
         times = timed["step"]
     except Exception as err:  # noqa: BLE001
         if not is_out_of_memory(err):
@@ -181,7 +181,7 @@ def _measure_length(T, models, s: BenchSettings, device, base, say, out_of_memor
     times, failed = time_interleaved(
         {name: ((lambda st, m=models[name]: decode_call(m, st, inputs)), (lambda st=states[name]: (st.clone(),)))
          for name in states},
-        device, s.warmup, s.decode_repeats, burst=s.decode_burst)
+        device, s.decode_warmup, s.decode_repeats, burst=s.decode_burst)
     for name in states:
         if name in failed:
             out_of_memory(name, "decode")

@@ -215,7 +215,14 @@ class BenchSettings:
     def steps_per_state(self) -> int:
         """Decode steps a prefilled state/cache must have room for (every warm-up and timed call, also the
         untimed first call of each burst and one priming step)."""
-        return (self.warmup + timed_rounds(self.decode_repeats, self.decode_burst)) * self.decode_burst + 1
+        return (self.decode_warmup + timed_rounds(self.decode_repeats, self.decode_burst)) * self.decode_burst + 1
+
+    @property
+    def decode_warmup(self) -> int:
+        """Warm-up rounds of the decode timing: ``warmup``, but at least one (a step is cheap, and the first
+        steps after the models' prefills pay for their page faults; ``warmup=0`` is meant to spare the
+        quadratic models' long prefills)."""
+        return max(self.warmup, 1)
 
     @property
     def max_seq_len(self) -> int:
