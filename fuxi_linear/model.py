@@ -13,7 +13,7 @@ from .decode_state import DecodeState
 from .history_inputs import check_history, check_step_events
 from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
-from .layers.step_cache import DerivedCache
+from .derived_cache import DerivedCache
 from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
 from .ops.prefill import cast, uses_plan
 from .retrieval import SequentialRetrievalMixin, l2_normalize

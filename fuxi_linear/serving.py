@@ -31,7 +31,7 @@ import torch
 
 from .decode_state import DecodeState
 from .history_inputs import check_step_events
-from .layers.step_cache import DerivedCache
+from .derived_cache import DerivedCache
 from .model import FuXiLinear
 from .ops.value_checks import ValueChecks, resolve_value_check_mode
 from .utils import check_int

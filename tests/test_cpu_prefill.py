@@ -245,6 +245,30 @@ def test_inference_cache_follows_parameter_updates():
         assert (a - b).abs().max() < 1e-12
 
 
+def test_inference_cache_starts_over_when_a_parameter_is_replaced():
+    """A replaced parameter (``module.x = nn.Parameter(...)``, ``load_state_dict(assign=True)``) can land at a
+    freed one's address with the same version count; a registration anywhere rebuilds every cached value, as
+    the decode step's :class:`~fuxi_linear.derived_cache.DerivedCache` does."""
+    from fuxi_linear.derived_cache import inference_cache
+
+    owner, p = torch.nn.Module(), torch.nn.Parameter(torch.ones(3))
+    builds = []
+
+    def cached():
+        return inference_cache(owner, "total", (p,), (), lambda: builds.append(1) or p.sum())
+
+    with torch.no_grad():
+        cached(), cached()
+        assert len(builds) == 1
+        owner.other = torch.nn.Parameter(torch.zeros(1))  # registers a parameter: the cache starts over
+        cached()
+        assert len(builds) == 2
+        p.mul_(2.0)  # in place: the version counter moves
+        assert float(cached()) == 6.0 and len(builds) == 3
+    cached()  # with autograd on: built every call, never cached
+    assert len(builds) == 4
+
+
 def test_training_after_inference_calls():
     """Operands cached during an inference call (index tensors, parameter-derived ones) never reach autograd."""
     from fuxi_linear.ops import prefill as prefill_ops

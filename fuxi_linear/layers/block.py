@@ -13,7 +13,7 @@ from ..ops.fused_block_step import fused_block_step
 from .norms import layer_norm, rms_norm
 from .positional import LinearPositionalChannel, positional_step_channel
 from .retention import RetentionChannel, retention_step_channel
-from .step_cache import DerivedCache
+from ..derived_cache import DerivedCache
 from .temporal import TemporalFeatures, TemporalRetentionChannel, temporal_step_channel
 
 ChannelStates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # retention, temporal, positional

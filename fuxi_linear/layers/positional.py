@@ -8,8 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import (cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, uses_plan,
+from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, uses_plan,
                            without_autocast)
+from ..derived_cache import inference_cache
 from ..ops.decay_plan import prepare_decay_attention
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import cast, compute_dtype, inference_cache, prefill_decay_attention, uses_plan, without_autocast
+from ..ops.prefill import cast, compute_dtype, prefill_decay_attention, uses_plan, without_autocast
 from ..ops.decay_plan import HeadDecay, prepare_decay_attention
-from .step_cache import DerivedCache
+from ..derived_cache import DerivedCache, inference_cache
 
 
 class RetentionChannel(nn.Module):

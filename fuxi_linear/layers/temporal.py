@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import (cast, compute_dtype, inference_cache, last_tokens, prefill_decay_attention, repeat_last,
+from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, repeat_last,
                            without_autocast)
 from ..ops.decay_plan import DecayAttentionPlan, prepare_decay_attention
-from .step_cache import DerivedCache
+from ..derived_cache import DerivedCache, inference_cache
 
 
 @dataclass

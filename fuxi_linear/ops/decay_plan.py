@@ -141,7 +141,7 @@ class HeadDecay:
     """One log-decay per head ``gamma (H,)`` over T tokens: ``G_t - G_s = gamma (t - s)``, the same in every
     chunk, built from cached integer offsets (batch 1 and chunk axis 1: broadcast). Its factors are computed
     once per instance, so one instance can serve every prefill with the same decay and length (see
-    :func:`fuxi_linear.ops.prefill.inference_cache`)."""
+    :func:`fuxi_linear.derived_cache.inference_cache`)."""
 
     def __init__(self, g_gamma: torch.Tensor, T: int, cdt: torch.dtype):
         self.gamma = _as(g_gamma, cdt)

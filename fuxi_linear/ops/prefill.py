@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -33,37 +33,6 @@ def last_tokens(x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
 def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Tensor] = None) -> bool:
     """Whether a prefill on ``device`` with this ``backend`` runs the CPU path (padded input only)."""
     return cu_seqlens is None and resolve_backend(backend, device) == "reference"
-
-
-class _InferenceCache(dict):
-    """Per-module store of :func:`inference_cache`: not copied with the module (a copy starts empty) and not
-    pickled, so no cached tensor outlives the parameters it was derived from."""
-
-    def __deepcopy__(self, memo):
-        return _InferenceCache()
-
-    def __reduce__(self):
-        return (_InferenceCache, ())
-
-
-def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tensor, ...], key: tuple,
-                    build: Callable[[], Any]) -> Any:
-    """``build()``, kept on ``owner`` and reused while ``params`` hold the same values (their storage and version
-    counters) and ``key`` is the same — only where no gradient can flow (inference); otherwise built every call.
-
-    A prefill's parameter-derived operands (per-head decay factors, positional scores) depend on nothing else;
-    on a CPU, at short lengths, building them again costs more than using them.
-    """
-    if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # inference tensors keep no version
-        return build()
-    stamp = (key, torch.is_inference_mode_enabled(), tuple((p.data_ptr(), p._version, p.dtype) for p in params))
-    cache = owner.__dict__.setdefault("_inference_cache", _InferenceCache())
-    hit = cache.get(name)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    value = build()
-    cache[name] = (stamp, value)
-    return value
 
 
 def repeat_last(x: torch.Tensor, times: int) -> torch.Tensor:
@@ -163,4 +132,4 @@ def _apply_plan(q, k, v, g, g_gamma, lengths, output_final_state, outputs, plan)
     return cast(o, v.dtype), state
 
 
-__all__ = ["without_autocast", "inference_cache", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]
+__all__ = ["without_autocast", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]

@@ -1,9 +1,10 @@
-"""Tensors derived from parameters that a decode step reuses until the parameters change.
+"""Tensors derived from parameters, reused until the parameters change: :class:`DerivedCache` (the decode
+step's weights) and :func:`inference_cache` (a prefill's parameter-derived operands).
 
-A decode step is a few hundred tiny operations on a CPU, so recomputing what only depends on the weights
-(concatenated projection matrices, decay factors of the retention heads, ...) at every step costs as much
-as the step's real work. :class:`DerivedCache` keeps such values and recomputes them when a tensor they
-come from changes:
+A decode step is a few hundred tiny operations on a CPU, and a short prefill not many more, so recomputing what
+only depends on the weights (concatenated projection matrices, decay factors of the retention heads,
+positional scores, ...) at every call costs as much as the call's real work. Both keep such values and
+recompute them when a tensor they come from changes:
 
 * in place (an optimizer step, ``load_state_dict``): the tensor's version counter moves;
 * its storage (``.to()``, ``.half()``, ``param.data = ...``): its data pointer moves;
@@ -11,12 +12,12 @@ come from changes:
   parameter or buffer registration in the process bumps a global epoch (module registration hooks), and
   the caches start over.
 
-It is only used on paths that run without autograd (``FuXiLinear.step``), so training and its gradients
-never see a cached tensor. Checking a cache costs two attribute reads per source tensor.
+Both are only used where no gradient can flow (``FuXiLinear.step``; prefills without autograd), so training
+and its gradients never see a cached tensor. Checking a cache costs two attribute reads per source tensor.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Generic, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch.nn.modules.module import (register_module_buffer_registration_hook,
@@ -76,3 +77,36 @@ class DerivedCache(Generic[T]):
 
     def clear(self) -> None:
         self._epoch, self._sources, self._key, self._value = -1, [], (), None
+
+
+class _InferenceCache(dict):
+    """Per-module store of :func:`inference_cache`: not copied with the module (a copy starts empty) and not
+    pickled, so no cached tensor outlives the parameters it was derived from."""
+
+    def __deepcopy__(self, memo):
+        return _InferenceCache()
+
+    def __reduce__(self):
+        return (_InferenceCache, ())
+
+
+def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tensor, ...], key: tuple,
+                    build: Callable[[], Any]) -> Any:
+    """``build()``, kept on ``owner`` and reused while ``params`` hold the same values (their storage and version
+    counters, and no parameter or buffer registered anywhere since, as :class:`DerivedCache`) and ``key`` is the
+    same — only where no gradient can flow (inference); otherwise built every call.
+
+    A prefill's parameter-derived operands (per-head decay factors, positional scores) depend on nothing else;
+    on a CPU, at short lengths, building them again costs more than using them.
+    """
+    if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # inference tensors keep no version
+        return build()
+    stamp = (key, _epoch[0], torch.is_inference_mode_enabled(),
+             tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    cache = owner.__dict__.setdefault("_inference_cache", _InferenceCache())
+    hit = cache.get(name)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = build()
+    cache[name] = (stamp, value)
+    return value
