@@ -7,8 +7,8 @@ HSTU and FuXi-alpha, on the ``fuxi-linear bench`` CPU default model (2 blocks, D
 For each thread count and history length T: every model prefills the same B random histories of T events
 (``fuxi_linear.bench.make_inputs``), under ``torch.inference_mode()``; then decode steps are timed,
 each on a fresh clone of the prefilled state (cloned outside the timed region, so every step is at exactly
-T), in rounds over the models in a shuffled order, a burst of consecutive steps per model and round whose
-first step is not timed (see :func:`time_round_robin`). All steps validate their inputs, as the bench's do
+T), in rounds over the models, a burst of consecutive steps per model and round whose first step is not
+timed (:func:`fuxi_linear.bench.time_interleaved`, as ``fuxi-linear bench`` times decode). All steps validate their inputs, as the bench's do
 (``model.step(state, ...)``); the ``fuxi-linear compiled validate=False`` row is the step without its
 checks. ``fuxi-linear compiled`` is the same model after ``model.compile_step()``; its first step compiles
 (or loads inductor's on-disk cache; "compile s"). Prints the medians in microseconds and each baseline's
@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import random
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 
-from fuxi_linear.bench import BenchSettings, build_bench_models, make_inputs, prefill_call
+from fuxi_linear.bench import BenchSettings, build_bench_models, make_inputs, prefill_call, time_interleaved
 
 BASELINES = ("sasrec", "hstu", "fuxi-alpha")
 
@@ -36,36 +35,6 @@ def _load() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except (AttributeError, OSError):
         return "n/a"
-
-
-def time_round_robin(calls: Dict[str, Tuple[Callable, Callable]], warmup: int, repeats: int, burst: int = 1,
-                     seed: int = 0) -> Dict[str, List[float]]:
-    """``name -> (fn, setup)``: ``repeats`` timed calls ``fn(setup())`` per name (setup untimed), in rounds
-    after ``warmup`` untimed rounds; microseconds per call.
-
-    Each round visits every name once, in a shuffled order, and runs ``burst`` consecutive calls of it of
-    which the first is untimed when ``burst > 1``: a step right after another model's step and its state
-    copy runs with that model's data in the caches (at T = 2048 a baseline's KV cache and its clone are
-    megabytes), which a serving loop that only decodes never sees; ``burst=1`` times those cold calls.
-    The shuffle keeps any such order effect from favouring one model.
-    """
-    times: Dict[str, List[float]] = {name: [] for name in calls}
-    order = list(calls)
-    shuffle = random.Random(seed).shuffle
-    timed_per_round = max(burst - 1, 1)
-    rounds = warmup + -(-repeats // timed_per_round)
-    for r in range(rounds):
-        shuffle(order)
-        for name in order:
-            fn, setup = calls[name]
-            for i in range(burst):
-                arg = setup()
-                start = time.perf_counter()
-                fn(arg)
-                elapsed = time.perf_counter() - start
-                if r >= warmup and (burst == 1 or i > 0) and len(times[name]) < repeats:
-                    times[name].append(elapsed * 1e6)
-    return times
 
 
 def run(seq_lens: List[int], batch_size: int, threads: List[int], warmup: int, repeats: int, burst: int = 5,
@@ -98,8 +67,9 @@ def run(seq_lens: List[int], batch_size: int, threads: List[int], warmup: int, r
                 for name in BASELINES:
                     calls[name] = ((lambda s, m=models[name]: m.step(s, *step)), states[name].clone)
                 load_before = _load()
-                times = time_round_robin(calls, warmup, repeats, burst)
-            medians = {name: statistics.median(t) for name, t in times.items()}
+                calls = {name: (fn, (lambda clone=clone: (clone(),))) for name, (fn, clone) in calls.items()}
+                times, _ = time_interleaved(calls, "cpu", warmup, repeats, catch_oom=False, burst=burst)
+            medians = {name: 1e3 * statistics.median(t) for name, t in times.items()}  # ms -> us
             rows.append(dict(threads=n_threads, T=T, medians=medians, compile_s=compile_s,
                              load=f"{load_before} -> {_load()}"))
             failure = compiled._compiled_step.failure if compiled._compiled_step is not None else None
