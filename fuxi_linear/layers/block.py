@@ -13,7 +13,6 @@ from ..ops.fused_block_step import fused_block_step
 from .norms import layer_norm, rms_norm
 from .positional import LinearPositionalChannel, positional_step_channel
 from .retention import RetentionChannel, retention_step_channel
-from ..derived_cache import DerivedCache
 from .temporal import TemporalFeatures, TemporalRetentionChannel, temporal_step_channel
 
 ChannelStates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # retention, temporal, positional
@@ -55,7 +54,7 @@ def block_step(
     backend: str = "auto",
     validate: bool = False,
 ) -> torch.Tensor:
-    """A block's decode step (:meth:`FuXiLinearBlock.step`) as a pure function of its operands: ``x (N, D)``,
+    """A block's decode step as a pure function of its operands: ``x (N, D)``,
     the block's :class:`StepWeights`, the temporal features of the N events (None: the channel is switched
     off), ``positions (N,)`` int64 and the three state pools, advanced in place (rows ``state_indices (N,)``
     int64, if given). Returns the block output ``(N, D)``. ``validate``: check the channel operator's inputs
@@ -119,7 +118,6 @@ class FuXiLinearBlock(nn.Module):
         self.temporal = TemporalRetentionChannel(dim, num_periods)
         self.positional = LinearPositionalChannel(dim, positional_dim, positional_table_size)
         self.ffn = MultiStageFFN(dim, ffn_hidden_dim, dropout)
-        self._step_cache = DerivedCache()
 
     def _project(self, x: torch.Tensor):
         """``x: (..., D)`` -> ``x_hat (..., D)``, ``u (..., 3D)``, ``q, k (..., H, dqk)``, ``v (..., H, D/H)``."""
@@ -185,46 +183,22 @@ class FuXiLinearBlock(nn.Module):
                 f.lin3.weight, self.retention.decay_logits, t.alpha, t.beta, p.alpha, p.beta, p.table)
 
     def step_weights(self) -> StepWeights:
-        """:class:`StepWeights`, recomputed only when one of the weights (:meth:`step_sources`) changes."""
+        """:class:`StepWeights` of this block's current weights (:meth:`step_sources`; cached with the other
+        decode-step operands by :meth:`fuxi_linear.FuXiLinear.step_operands`)."""
         f, t, p = self.ffn, self.temporal, self.positional
-
-        def compute() -> StepWeights:
-            D = self.dim
-            w_in = torch.cat([self.uvqk, t.proj_v.weight.t(), p.proj_p.weight.t()], dim=1)
-            w31 = torch.cat([f.lin3.weight, f.lin1.weight], dim=0).t()
-            d = self.retention.step_decay()[1].to(w_in.dtype)
-            per_column = lambda per_head, width: per_head.to(w_in.dtype).repeat_interleave(width)  # noqa: E731
-            gain = torch.cat([per_column(d, D // self.num_heads), per_column(t.alpha, D // t.num_heads),
-                              per_column(p.alpha, D)])
-            skip = torch.cat([torch.zeros_like(d).repeat_interleave(D // self.num_heads),
-                              per_column(t.beta, D // t.num_heads), per_column(p.beta, D)])
-            ablation = torch.ones_like(gain)
-            ablation[D:2 * D] = 0.0
-            return StepWeights(w_in=w_in.contiguous(), w0=f.lin0.weight.t().contiguous(), w31=w31.contiguous(),
-                               w2=f.lin2.weight.t().contiguous(), gain=gain, skip=skip,
-                               gain_ablation=gain * ablation, skip_ablation=skip * ablation,
-                               g_gamma=self.retention.step_decay()[0], positional_table=p.table)
-
-        return self._step_cache.get(self.step_sources, compute)
-
-    def step(
-        self,
-        x: torch.Tensor,
-        temporal: Optional[TemporalFeatures],
-        positions: torch.Tensor,
-        states: ChannelStates,
-        backend: str = "auto",
-        state_indices: Optional[torch.Tensor] = None,
-        validate: bool = True,
-    ) -> torch.Tensor:
-        """One event per user: ``x: (N, D)``, ``positions: (N,)``; advances the three states in place (rows
-        ``state_indices (N,)`` of state pools, if given) and returns the block output ``(N, D)``.
-
-        The same math as :meth:`forward` on one more event, arranged for few operations: one matrix product
-        for every input projection (:meth:`step_weights`), the three channels in one
-        :func:`fuxi_linear.ops.fused_block_step` (one kernel launch on a GPU), the three output norms as one
-        norm over ``(N, 3, D)``, the FFN's W1 and W3 as one product and a GLU (:func:`block_step` with this
-        block's cached :meth:`step_weights`). Decode only: not differentiable, no dropout. ``validate=False``
-        skips the operator's input checks (the caller checked the states).
-        """
-        return block_step(x, self.step_weights(), temporal, positions, states, state_indices, backend, validate)
+        D = self.dim
+        w_in = torch.cat([self.uvqk, t.proj_v.weight.t(), p.proj_p.weight.t()], dim=1)
+        w31 = torch.cat([f.lin3.weight, f.lin1.weight], dim=0).t()
+        g_gamma, d = self.retention.step_decay()
+        d = d.to(w_in.dtype)
+        per_column = lambda per_head, width: per_head.to(w_in.dtype).repeat_interleave(width)  # noqa: E731
+        gain = torch.cat([per_column(d, D // self.num_heads), per_column(t.alpha, D // t.num_heads),
+                          per_column(p.alpha, D)])
+        skip = torch.cat([torch.zeros_like(d).repeat_interleave(D // self.num_heads),
+                          per_column(t.beta, D // t.num_heads), per_column(p.beta, D)])
+        ablation = torch.ones_like(gain)
+        ablation[D:2 * D] = 0.0
+        return StepWeights(w_in=w_in.contiguous(), w0=f.lin0.weight.t().contiguous(), w31=w31.contiguous(),
+                           w2=f.lin2.weight.t().contiguous(), gain=gain, skip=skip,
+                           gain_ablation=gain * ablation, skip_ablation=skip * ablation,
+                           g_gamma=g_gamma, positional_table=p.table)

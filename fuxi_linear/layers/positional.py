@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.fused_block_step import StepChannel
 from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, uses_plan,
                            without_autocast)
 from ..derived_cache import inference_cache
@@ -122,25 +122,11 @@ class LinearPositionalChannel(nn.Module):
         v_last = F.linear(last_tokens(x_hat, lengths), self.proj_p.weight)
         return self._augment(o, v_last), (S.unsqueeze(1) if output_final_state else None)
 
-    def step_channel(self, v: torch.Tensor, positions: torch.Tensor, state: torch.Tensor) -> StepChannel:
-        """The positional channel as a fused-decode-step channel: values ``v: (N, 1, D)``, ``positions: (N,)``
-        int64, state pool ``(P, 1, P_dim, D)``. q and k are the same table row (k's ``1 / (P/2)`` is the
-        operator's ``k_scale``), read once for both; ``alpha o + beta v`` is left to the caller."""
-        return positional_step_channel(self.table, v, positions, state)
-
-    def step(self, x_hat: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, backend: str = "auto",
-             state_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x_hat: (N, D)``, ``positions: (N,)`` int64; advances ``state`` in place (rows ``state_indices`` of
-        a pool, if given); returns ``y: (N, D)``. Not differentiable."""
-        v = self.proj_p(x_hat).unsqueeze(-2)
-        o = fused_block_step([self.step_channel(v, positions, state)], state_indices, backend=backend).view_as(v)
-        return (self.alpha.to(o.dtype) * o + self.beta.to(v.dtype) * v).squeeze(-2)
-
-
 def positional_step_channel(table: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                             state: torch.Tensor) -> StepChannel:
-    """:meth:`LinearPositionalChannel.step_channel` from its operands: the table ``(Nmax, P)``, values
-    ``v (N, 1, D)``, ``positions (N,)`` int64 and the state pool ``(P_pool, 1, P, D)``."""
+    """The positional channel as a fused-decode-step channel: the table ``(Nmax, P)``, values ``v (N, 1, D)``,
+    ``positions (N,)`` int64 and the state pool ``(P_pool, 1, P, D)``. q and k are the same table row (k's
+    ``1 / (P/2)`` is the operator's ``k_scale``), read once for both; ``alpha o + beta v`` is the caller's."""
     e = table.unsqueeze(1).index_select(0, positions)  # (N, 1, P): q and k, read once for both
     if e.dtype != v.dtype:
         e = e.to(v.dtype)

@@ -6,10 +6,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.fused_block_step import StepChannel
 from ..ops.prefill import cast, compute_dtype, prefill_decay_attention, uses_plan, without_autocast
 from ..ops.decay_plan import HeadDecay, prepare_decay_attention
-from ..derived_cache import DerivedCache, inference_cache
+from ..derived_cache import inference_cache
 
 
 class RetentionChannel(nn.Module):
@@ -24,7 +24,6 @@ class RetentionChannel(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.decay_logits = nn.Parameter(torch.randn(num_heads) * 0.02)  # "a" of SPEC §2
-        self._step_cache = DerivedCache()
 
     def rates(self) -> torch.Tensor:
         """Per-step decay rates ``r: (H,)`` (so the per-step decay is ``exp(-r)``)."""
@@ -85,27 +84,12 @@ class RetentionChannel(nn.Module):
 
     def step_decay(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(g_gamma = -r, d = exp(-r))``, both ``(H,)``: the operator's per-head log-decay and the inclusive
-        decay folded into q. Cached between decode steps until ``decay_logits`` changes (not differentiable)."""
-        return self._step_cache.get(lambda: (self.decay_logits,), lambda: (-self.rates(), torch.exp(-self.rates())))
-
-    def step_channel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor) -> StepChannel:
-        """The retention channel as a fused-decode-step channel: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``,
-        state pool ``(P, H, dqk, dv)``. The operator's output ``q S`` still needs the inclusive decay ``d``
-        per head (``o = (d q) S = d (q S)``; :meth:`step_decay`), which the caller applies."""
-        return retention_step_channel(q, k, v, state, self.step_decay()[0])
-
-    def step(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, backend: str = "auto",
-        state_indices: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """One event per user: ``q, k: (N, H, dqk)``, ``v: (N, H, dv)``; advances ``state`` in place (rows
-        ``state_indices`` of a pool, if given); returns ``o: (N, H, dv)``. Not differentiable."""
-        o = fused_block_step([self.step_channel(q, k, v, state)], state_indices, backend=backend)
-        return o.view_as(v) * self.step_decay()[1].to(v.dtype)[:, None]
-
+        decay folded into q (the decode step's operands, cached by :meth:`fuxi_linear.FuXiLinear.step_operands`)."""
+        r = self.rates()
+        return -r, torch.exp(-r)
 
 def retention_step_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
                            g_gamma: torch.Tensor) -> StepChannel:
-    """:meth:`RetentionChannel.step_channel` from its operands: ``q, k (N, H, dqk)``, ``v (N, H, dv)``, the state
+    """The retention channel as a fused-decode-step channel: ``q, k (N, H, dqk)``, ``v (N, H, dv)``, the state
     pool ``(P, H, dqk, dv)`` and the heads' log-decay ``g_gamma (H,)``."""
     return StepChannel(q, k, v, state, g_gamma=g_gamma)

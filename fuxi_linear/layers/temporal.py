@@ -18,11 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.fused_block_step import StepChannel
 from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, repeat_last,
                            without_autocast)
 from ..ops.decay_plan import DecayAttentionPlan, prepare_decay_attention
-from ..derived_cache import DerivedCache, inference_cache
+from ..derived_cache import inference_cache
 
 
 @dataclass
@@ -116,7 +116,6 @@ class TemporalEncoding(nn.Module):
         else:
             self.register_buffer("decay_logits", torch.zeros(self.num_periods))
         self.max_log_decay = float(max_log_decay)
-        self._step_cache = DerivedCache()
 
     @property
     def omega(self) -> torch.Tensor:
@@ -157,37 +156,26 @@ class TemporalEncoding(nn.Module):
         return TemporalFeatures(q=q, k=k, g=self.log_decay(gap_prev))
 
     def step_constants(self) -> "TemporalStepConstants":
-        """The :class:`TemporalStepConstants` of this encoding, recomputed only when ``periods`` or
-        ``decay_logits`` change."""
-
-        def compute():
-            Ht, dev = self.num_periods, self.periods.device
-            m = torch.arange(Ht, device=dev)
-            k_index = torch.stack([m, Ht + m], -1).repeat(2, 1)  # (2Ht, 2): (cos_k, sin_k) in both halves
-            q_index = torch.cat([torch.stack([3 * Ht + m, 2 * Ht + m], -1),  # heads m: (sin_q, -cos_q)
-                                 torch.stack([2 * Ht + m, 3 * Ht + m], -1)])  # heads Ht + m: (cos_q, sin_q)
-            q_sign = torch.ones(2 * Ht, 2, device=dev)
-            q_sign[:Ht, 1] = -1.0
-            head_period = torch.cat([m, m])
-            return TemporalStepConstants(
-                periods=self.periods.view(1, 1, Ht), omega=self.omega.view(1, 1, Ht),
-                log_gamma=F.logsigmoid(self.decay_logits.float()).view(1, 1, Ht),
-                qk_index=torch.cat([q_index.flatten(), k_index.flatten()]),
-                q_decay_index=head_period.repeat_interleave(2), q_sign=q_sign, head_period=head_period,
-                max_log_decay=self.max_log_decay)
-
-        return self._step_cache.get(self.step_sources, compute)
+        """The :class:`TemporalStepConstants` of this encoding (cached with the other decode-step operands by
+        :meth:`fuxi_linear.FuXiLinear.step_operands`)."""
+        Ht, dev = self.num_periods, self.periods.device
+        m = torch.arange(Ht, device=dev)
+        k_index = torch.stack([m, Ht + m], -1).repeat(2, 1)  # (2Ht, 2): (cos_k, sin_k) in both halves
+        q_index = torch.cat([torch.stack([3 * Ht + m, 2 * Ht + m], -1),  # heads m: (sin_q, -cos_q)
+                             torch.stack([2 * Ht + m, 3 * Ht + m], -1)])  # heads Ht + m: (cos_q, sin_q)
+        q_sign = torch.ones(2 * Ht, 2, device=dev)
+        q_sign[:Ht, 1] = -1.0
+        head_period = torch.cat([m, m])
+        return TemporalStepConstants(
+            periods=self.periods.view(1, 1, Ht), omega=self.omega.view(1, 1, Ht),
+            log_gamma=F.logsigmoid(self.decay_logits.float()).view(1, 1, Ht),
+            qk_index=torch.cat([q_index.flatten(), k_index.flatten()]),
+            q_decay_index=head_period.repeat_interleave(2), q_sign=q_sign, head_period=head_period,
+            max_log_decay=self.max_log_decay)
 
     def step_sources(self) -> Tuple[torch.Tensor, ...]:
         """The tensors :meth:`step_constants` derives from."""
         return self.periods, self.decay_logits
-
-    def step_features(self, t_key: torch.Tensor, t_query: torch.Tensor, gap_prev: torch.Tensor,
-                      dtype: torch.dtype = torch.float32) -> TemporalFeatures:
-        """:meth:`features` for one event per user (``(N,)`` int64 each): :func:`temporal_step_features` with
-        this encoding's cached :meth:`step_constants` (``gap_prev`` the gap since the user's previous event).
-        Not differentiable (decode only)."""
-        return temporal_step_features(self.step_constants(), t_key - gap_prev, t_key, t_query, dtype)
 
     @staticmethod
     def _event_times(timestamps, lengths, query_timestamps):
@@ -383,23 +371,8 @@ class TemporalRetentionChannel(nn.Module):
         state = Z.unflatten(-1, (2, 2, w)).permute(0, 3, 1, 2, 4).flatten(1, 2) if output_final_state else None
         return y, state
 
-    def step_channel(self, v: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor) -> StepChannel:
-        """The temporal channel as a fused-decode-step channel: values ``v: (N, 2Ht, D/2Ht)``, features of
-        :meth:`TemporalEncoding.step_features`, state pool ``(P, 2Ht, 2, D/2Ht)``. The augmented output
-        ``alpha o + beta v`` is left to the caller."""
-        return temporal_step_channel(v, feats, state)
-
-    def step(self, x_hat: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor, backend: str = "auto",
-             state_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x_hat: (N, D)``, features ``(N, 2Ht, ...)``; advances ``state`` in place (rows ``state_indices``
-        of a pool, if given); returns ``y: (N, D)``. Not differentiable."""
-        v = self._values(x_hat)
-        feats = TemporalFeatures(q=feats.q.to(v.dtype), k=feats.k.to(v.dtype), g=feats.g)
-        o = fused_block_step([self.step_channel(v, feats, state)], state_indices, backend=backend)
-        return self._augment(o.view_as(v), v)
-
-
 def temporal_step_channel(v: torch.Tensor, feats: TemporalFeatures, state: torch.Tensor) -> StepChannel:
-    """:meth:`TemporalRetentionChannel.step_channel` from its operands: values ``v (N, 2Ht, D/2Ht)``, the
-    features of :func:`temporal_step_features` and the state pool ``(P, 2Ht, 2, D/2Ht)``."""
+    """The temporal channel as a fused-decode-step channel: values ``v (N, 2Ht, D/2Ht)``, the features of
+    :func:`temporal_step_features` and the state pool ``(P, 2Ht, 2, D/2Ht)``; ``alpha o + beta v`` is the
+    caller's."""
     return StepChannel(feats.q, feats.k, v, state, g=feats.g)
