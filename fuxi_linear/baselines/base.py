@@ -73,9 +73,8 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
         """Validate, drop columns past the longest history, and neutralise padded timestamps (so garbage
         there can never reach a bias table). Returns ``(x, ts, qt, lengths, used, T)``."""
         c = self.config
-        check_history(item_ids, timestamps, lengths, query_timestamps, c.num_items, c.max_positions)
+        _, used = check_history(item_ids, timestamps, lengths, query_timestamps, c.num_items, c.max_positions)
         T = item_ids.shape[1]
-        used = int(lengths.max())
         lengths = lengths.long()
         item_ids = item_ids[:, :used].long()
         valid = torch.arange(used, device=item_ids.device)[None, :] < lengths[:, None]
