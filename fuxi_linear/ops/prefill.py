@@ -113,8 +113,14 @@ def prefill_decay_attention(
         return _apply_plan(q, k, v, g, g_gamma, lengths, output_final_state, outputs, plan)
     if isinstance(g_gamma, HeadDecay):
         g_gamma = g_gamma.gamma
-    o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
-                                     cu_seqlens=cu_seqlens, backend=backend)
+    if resolve_backend(backend, v.device) == "triton":  # the layers' own operands: no checks, no host syncs
+        from .triton_decay_attention import chunk_decay_attention_triton
+
+        o, state = chunk_decay_attention_triton(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
+                                                cu_seqlens=cu_seqlens)
+    else:
+        o, state = chunk_decay_attention(q, k, v, g=g, g_gamma=g_gamma, output_final_state=output_final_state,
+                                         cu_seqlens=cu_seqlens, backend=backend)
     if outputs == "last":
         o = last_tokens(o, lengths, cu_seqlens)
     return o, state

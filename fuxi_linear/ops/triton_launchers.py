@@ -138,6 +138,19 @@ class _Plan(NamedTuple):
     seg_seq: Optional[torch.Tensor]  # (n_work,) int32: sequence of each work item (packed)
 
 
+class _HostLengths:
+    """The packed sequences' lengths on the host, copied (one device-to-host sync) at the first :meth:`get`
+    only: the plans of one call share it, and a call that does not split never copies."""
+
+    def __init__(self, cu_seqlens: torch.Tensor):
+        self._cu_seqlens, self._lengths = cu_seqlens, None
+
+    def get(self) -> torch.Tensor:
+        if self._lengths is None:
+            self._lengths = (self._cu_seqlens[1:] - self._cu_seqlens[:-1]).to("cpu", torch.int64)
+        return self._lengths
+
+
 _SM_COUNTS = {}
 
 
@@ -151,7 +164,8 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, half: bool, chunk_size: int,
-          cu_seqlens: Optional[torch.Tensor], device: torch.device) -> _Plan:
+          cu_seqlens: Optional[torch.Tensor], device: torch.device,
+          host_lengths: Optional[_HostLengths] = None) -> _Plan:
     cfg = configs.prefill_config(kernel, H, K, V, precision, half_inputs=half, small_heads=SMALL_HEADS,
                                  chunk_size=chunk_size or DEFAULT_CHUNK_SIZE or 0)
     head_programs = configs.programs_per_work_item(cfg, H)
@@ -171,8 +185,8 @@ def _plan(kernel: str, K: int, V: int, H: int, N: int, T: int, precision: str, h
         if NS <= 1:
             return no_split
         return _Plan(**base, split=True, L=L, NS=NS, n_work=N * NS, seg_first=None, seg_seq=None)
-    # packed: segment tables from the lengths (one small device-to-host copy, only when splitting)
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to("cpu", torch.int64)
+    # packed: segment tables from the lengths (one small device-to-host copy per call, only when splitting)
+    lengths = (host_lengths or _HostLengths(cu_seqlens)).get()
     counts = (lengths + L - 1) // L
     if int(counts.max()) <= 1:
         return no_split
@@ -273,7 +287,7 @@ def _decay_gradient(qdq, kdk, final_term, B, T, H, cu_seqlens, mode):
     """Per-token ``dg (B, T, H)`` (mode 1) or per-head ``dg_gamma (H,)`` (mode 2), float64, from the
     kernels' per-token scalars: ``dB = sum_vblocks (q . dq - k . dk)``, ``dg_t = sum_{u >= t, same sequence}
     dB_u + <dS_final, S_final>`` of the token's sequence."""
-    dB = (qdq.double() - kdk.double()).sum(0)  # (TT, H)
+    dB = qdq.double().sum(0) - kdk.double().sum(0)  # (TT, H); the two kernels' V-block counts may differ
     TT = dB.shape[0]
     dev = dB.device
     if cu_seqlens is not None:
@@ -317,9 +331,10 @@ def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chu
     dh0 = _new((N, H, K, V), acc, dev) if h0 is not None else None
     ht = _new((N, H, K, V), acc, dev) if need_final else None
     plans = {}
+    host_lengths = _HostLengths(cu_seqlens) if varlen else None
     for kernel in ("bwd_dq", "bwd_dkv"):
         plans[kernel] = _plan(kernel, K, V, H, N, T, precision, v.dtype in (torch.float16, torch.bfloat16),
-                              chunk_size, cu_seqlens, dev)
+                              chunk_size, cu_seqlens, dev, host_lengths)
     # dq/dk rows get contributions from several programs when q/k are shared or V is split into blocks
     atomic = shared or plans["bwd_dq"].cfg.NV > 1 or plans["bwd_dkv"].cfg.NV > 1
     alloc = (lambda shape: torch.zeros(shape, dtype=acc, device=dev)) if atomic else (lambda s: _new(s, acc, dev))
