@@ -55,7 +55,7 @@ class DemoSettings:
     bench_models: Sequence[str] = BENCH_MODELS
     bench_repeats: int = 5
     bench_decode_repeats: int = 15
-    #: from this length on, every model is timed with ``bench_long_repeats`` prefill calls and no warm-up: a
+    #: from this length on, every model is timed with ``bench_long_repeats`` prefill calls and no prefill warm-up: a
     #: quadratic model's prefill takes seconds there (the whole demo stays around two minutes on 2 cores)
     bench_long_from: int = 1024
     bench_long_repeats: int = 1
@@ -141,7 +141,7 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> Dict[str, A
 
 def _bench_settings(s: DemoSettings) -> List[BenchSettings]:
     """The benchmark as resolved settings: the short lengths with the full repeats, the long ones (from
-    ``bench_long_from``) with ``bench_long_repeats`` and no warm-up."""
+    ``bench_long_from``) with ``bench_long_repeats`` and no prefill warm-up (decode always warms up once)."""
     lens = sorted(set(int(T) for T in s.bench_seq_lens))
     base = dict(device=s.device, batch_size=s.bench_batch_size, models=list(s.bench_models), seed=s.seed,
                 progress=s.progress)
@@ -155,7 +155,7 @@ def _bench_settings(s: DemoSettings) -> List[BenchSettings]:
     if long:
         long_base = {**base, "warmup": 0}
         note = (f"T >= {s.bench_long_from}: median of {s.bench_long_repeats} prefill / {s.bench_long_decode_repeats} "
-                f"decode calls, no warm-up (a quadratic model's prefill takes seconds there)")
+                f"decode calls, no prefill warm-up (a quadratic model's prefill takes seconds there)")
         groups.append(BenchSettings(**{**long_base, "seq_lens": long, "repeats": s.bench_long_repeats,
                                        "decode_repeats": s.bench_long_decode_repeats,
                                        "notes": [note] if short else []}).resolve())
