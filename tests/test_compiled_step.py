@@ -43,6 +43,25 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+class _CountCalls:
+    """Counts the calls that reach the compiled graph (so that a test cannot pass on two eager steps)."""
+
+    def __init__(self, step):
+        self.step, self.inner, self.calls = step, step._compiled, 0
+
+    def __enter__(self):
+        def counted(*args):
+            self.calls += 1
+            return self.inner(*args)
+
+        self.step._compiled = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.step._compiled = self.inner
+        assert self.step.failure is None
+
+
 #: Every compiled test uses states of this many rows: the graph has a fixed pool size until it sees a second
 #: one (then dynamo compiles it again with a symbolic one), and one compile is all the tests pay for.
 POOL = 6
@@ -83,22 +102,22 @@ def test_compiled_step_equals_eager_and_a_longer_prefill(compiled_model):
     s_eager, s_compiled = state, state.clone()
     rows = torch.arange(POOL)
     graphs = _graphs()
-    for j in range(2):
-        p = prefix + j
-        events = _events(ids, ts, ts_ext, p)
-        with torch.no_grad():
+    with _CountCalls(compiled_model._compiled_step) as counted, torch.no_grad():
+        for j in range(2):
+            p = prefix + j
+            events = _events(ids, ts, ts_ext, p)
             u_eager, _ = eager.step(s_eager, *events)
             u_compiled, _ = compiled_model.step(s_compiled, *events)
             longer = eager.prefill(torch.where(torch.arange(ids.shape[1])[None] <= p[:, None], ids, 0), ts, p + 1,
                                    ts_ext[rows, p + 1])
-        assert rel(u_compiled, u_eager) < 1e-5 and rel(u_compiled, longer[0]) < 1e-5
+            assert rel(u_compiled, u_eager) < 1e-5 and rel(u_compiled, longer[0]) < 1e-5
     for name, a, b, c in zip(("retention", "temporal", "positional", "last", "position"), s_compiled.tensors(),
                              s_eager.tensors(), longer[1].tensors()):
         if a.dtype == torch.int64:
             assert torch.equal(a, b) and torch.equal(a, c), name
         else:
             assert rel(a, b) < 1e-5 and rel(a, c) < 1e-5, name
-    assert _graphs() == graphs  # the warm-up's graph served these steps
+    assert counted.calls == 2 and _graphs() == graphs  # both steps ran the warm-up's graph
 
 
 def test_compiled_pool_steps_touch_only_their_rows_and_share_the_graph(compiled_model):
@@ -109,23 +128,24 @@ def test_compiled_pool_steps_touch_only_their_rows_and_share_the_graph(compiled_
     assert pool.num_users == POOL
     compiled_pool = pool.clone()
     graphs = _graphs()
-    for chosen in ([4, 0, 2], [5, 1]):
-        rows = torch.tensor(chosen)
-        events = tuple(e[rows] for e in _events(ids, ts, ts_ext, prefix))
-        before = compiled_pool.clone()
-        with torch.no_grad():
-            u_eager, _ = eager.step(pool, *events, state_indices=rows)
-            u_compiled, _ = compiled_model.step(compiled_pool, *events, state_indices=rows)
-        assert rel(u_compiled, u_eager) < 1e-5
-        others = torch.tensor([r for r in range(POOL) if r not in chosen])
-        for a, b, c in zip(compiled_pool.tensors(), before.tensors(), pool.tensors()):
-            dim = 1 if a.dim() > 1 else 0
-            assert torch.equal(a.index_select(dim, others), b.index_select(dim, others))
-            if a.dtype == torch.int64:
-                assert torch.equal(a, c)
-            else:
-                assert rel(a.index_select(dim, rows), c.index_select(dim, rows)) < 1e-5
-    assert _graphs() == graphs
+    with _CountCalls(compiled_model._compiled_step) as counted:
+        for chosen in ([4, 0, 2], [5, 1]):
+            rows = torch.tensor(chosen)
+            events = tuple(e[rows] for e in _events(ids, ts, ts_ext, prefix))
+            before = compiled_pool.clone()
+            with torch.no_grad():
+                u_eager, _ = eager.step(pool, *events, state_indices=rows)
+                u_compiled, _ = compiled_model.step(compiled_pool, *events, state_indices=rows)
+            assert rel(u_compiled, u_eager) < 1e-5
+            others = torch.tensor([r for r in range(POOL) if r not in chosen])
+            for a, b, c in zip(compiled_pool.tensors(), before.tensors(), pool.tensors()):
+                dim = 1 if a.dim() > 1 else 0
+                assert torch.equal(a.index_select(dim, others), b.index_select(dim, others))
+                if a.dtype == torch.int64:
+                    assert torch.equal(a, c)
+                else:
+                    assert rel(a.index_select(dim, rows), c.index_select(dim, rows)) < 1e-5
+    assert counted.calls == 2 and _graphs() == graphs
 
 
 def test_compiled_step_serves_the_decoder(compiled_model):
@@ -136,11 +156,13 @@ def test_compiled_step_serves_the_decoder(compiled_model):
     rows = torch.arange(3)
     out = {}
     graphs = _graphs()
-    for name, model in (("eager", eager), ("compiled", compiled_model)):
-        decoder = Decoder(model, max_users=POOL, device="cpu")
-        decoder.admit(["a", "b", "c"], ids, ts, lengths, ts_ext[rows, lengths])
-        out[name] = decoder.step(["c", "a"], torch.tensor([3, 9]), ts_ext[[2, 0], [5, 6]],
-                                 ts_ext[[2, 0], [5, 6]] + 30)
+    with _CountCalls(compiled_model._compiled_step) as counted:
+        for name, model in (("eager", eager), ("compiled", compiled_model)):
+            decoder = Decoder(model, max_users=POOL, device="cpu")
+            decoder.admit(["a", "b", "c"], ids, ts, lengths, ts_ext[rows, lengths])
+            out[name] = decoder.step(["c", "a"], torch.tensor([3, 9]), ts_ext[[2, 0], [5, 6]],
+                                     ts_ext[[2, 0], [5, 6]] + 30)
+    assert counted.calls == 1
     assert rel(out["compiled"], out["eager"]) < 1e-5 and _graphs() == graphs
 
 
