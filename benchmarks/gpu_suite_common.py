@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 
@@ -145,22 +145,13 @@ def nbytes(*tensors: Optional[torch.Tensor]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- bandwidth
-#: Datasheet memory bandwidth (GB/s) by device-name fragment, most specific first (NVIDIA's product pages).
-DATASHEET_GBS: Tuple[Tuple[str, Optional[float]], ...] = (
-    ("GH200", None),  # Grace Hopper: 4.0 or 4.9 TB/s by memory variant; the name does not tell which
-    ("H200", 4800.0),  # H200 SXM and H200 NVL, 141 GB HBM3e
-    ("H100 NVL", 3900.0),  # 94 GB HBM3
-    ("H100 PCIe", 2000.0),  # 80 GB HBM2e
-    ("H100", 3350.0),  # H100 SXM5 80 GB HBM3 ("NVIDIA H100 80GB HBM3")
-)
-
-
 def datasheet_bandwidth_gbs(device_name: str) -> Optional[float]:
-    """The datasheet figure for a CUDA device name (``torch.cuda.get_device_name``), None when unknown."""
-    for fragment, gbs in DATASHEET_GBS:
-        if fragment.lower() in device_name.lower():
-            return gbs
-    return None
+    """The datasheet figure for a CUDA device name (``torch.cuda.get_device_name``), None when unknown: the
+    bench's table (:func:`fuxi_linear.bench.nominal_peak_gbs`), imported here so that fuxi_linear is only
+    imported once the suite has put the source tree on the path."""
+    from fuxi_linear.bench.machine import nominal_peak_gbs
+
+    return nominal_peak_gbs(device_name)
 
 
 def l2_cache_bytes(device: torch.device) -> int:

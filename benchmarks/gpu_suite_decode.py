@@ -38,7 +38,7 @@ import gpu_suite_paths
 
 gpu_suite_paths.use_source_tree()  # this checkout's fuxi_linear, also when imported outside the driver
 
-from gpu_suite_common import Row, time_left  # noqa: E402
+from gpu_suite_common import Row, nbytes, sync, time_left  # noqa: E402
 
 PAPER = dict(embedding_dim=128, num_heads=4, qk_dim=32, temporal_num_periods=8, positional_dim=32, num_blocks=4)
 TINY = dict(embedding_dim=32, num_heads=2, qk_dim=8, temporal_num_periods=2, positional_dim=8, num_blocks=2)
@@ -46,15 +46,10 @@ FUSED_USERS = (64, 4096, 32768)
 STEP_USERS = (64, 4096)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_eager_us(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
     """Median wall time per call in µs (CUDA events around each call, or perf_counter), after a warm-up."""
     fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(reps):
         if device.type == "cuda":
@@ -88,10 +83,6 @@ def _time_graph_us(fn: Callable[[], Any], device: torch.device, reps: int) -> fl
     """GPU time per call in µs: the call captured once, the replay timed (median)."""
     graph = _graph(fn, device)
     return _time_eager_us(graph.replay, device, reps)
-
-
-def _nbytes(*tensors: Optional[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 # ---------------------------------------------------------------------------------------------- fused op
@@ -137,8 +128,8 @@ def _fused_rows(device: torch.device, dry_run: bool, peak_gbs: Optional[float], 
                 return rows
             channels, idx = _block_channels(N, shape, device, layout == "pool")
             states = [c.state for c in channels]
-            moved = (2 * sum(_nbytes(c.state) * N // c.state.shape[0] for c in channels)
-                     + _nbytes(*(t for c in channels for t in (c.q, c.k, c.v, c.g)))
+            moved = (2 * sum(nbytes(c.state) * N // c.state.shape[0] for c in channels)
+                     + nbytes(*(t for c in channels for t in (c.q, c.k, c.v, c.g)))
                      + N * sum(c.v.shape[1] * c.v.shape[2] for c in channels) * channels[0].v.element_size())
 
             def fused():
@@ -156,7 +147,7 @@ def _fused_rows(device: torch.device, dry_run: bool, peak_gbs: Optional[float], 
                 rows.append(dict(item=item, layout=layout, N=N, launches=1 if item == "fused_block_step" else 3,
                                  gpu_us=gpu_us, eager_us=eager_us, bytes_per_step=moved, gbs=gbs,
                                  pct_of_peak=100.0 * gbs / peak_gbs if peak_gbs else None,
-                                 state_mib=sum(_nbytes(s) for s in states) / 2 ** 20, dry_run=dry_run))
+                                 state_mib=sum(nbytes(s) for s in states) / 2 ** 20, dry_run=dry_run))
                 log(f"decode: {item} N={N} {layout}: {us:.1f} µs, {gbs:.0f} GB/s")
             del channels, states
     return rows

@@ -83,6 +83,7 @@ def test_peak_bandwidth_table_and_flags():
     assert nominal_peak_gbs("NVIDIA H100 80GB HBM3") == 3350.0
     assert nominal_peak_gbs("NVIDIA A100-SXM4-80GB") == 2039.0
     assert nominal_peak_gbs("Some Future GPU") is None
+    assert nominal_peak_gbs("NVIDIA GH200 480GB") is None  # not the H200 figure: the name does not tell the memory
     assert BenchSettings(device="cpu").resolve().decode_users == []
     assert BenchSettings(device="cpu", decode_users="4,2").resolve().decode_users == [2, 4]
     with pytest.raises(BenchError, match="--peak-gbs"):

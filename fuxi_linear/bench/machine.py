@@ -8,11 +8,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-#: Nominal (datasheet) HBM/GDDR bandwidth in GB/s by device-name fragment, first match wins; the bench's
+#: Nominal (datasheet) HBM/GDDR bandwidth in GB/s by device-name fragment, first match wins (most specific
+#: first: "GH200" contains "H200"; None: the name does not determine it); the bench's
 #: "% of peak" uses it unless --peak-gbs is given. Nominal peaks: measured copy bandwidth is ~85-92% of them.
-PEAK_BANDWIDTH_GBS: Tuple[Tuple[str, float], ...] = (
+PEAK_BANDWIDTH_GBS: Tuple[Tuple[str, Optional[float]], ...] = (
+    ("GH200", None),  # Grace Hopper: 4.0 or 4.9 TB/s by memory variant, which the name does not tell
     ("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("H800", 3350.0),
-    ("GH200", 4000.0), ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0),
+    ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0),
     ("A800", 2039.0), ("L40S", 864.0), ("L40", 864.0), ("L4", 300.0), ("A10G", 600.0), ("A10", 600.0),
     ("V100", 900.0), ("RTX 4090", 1008.0), ("RTX 3090", 936.0),
 )
