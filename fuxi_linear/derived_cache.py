@@ -36,6 +36,15 @@ register_module_parameter_registration_hook(_bump_epoch)
 register_module_buffer_registration_hook(_bump_epoch)
 
 
+def _fingerprint(tensors: Sequence[torch.Tensor]) -> Optional[Tuple]:
+    """Storage, version counter and dtype of each tensor: what moves when one is changed in place or moved;
+    None for inference tensors (no version counter: never cache what depends on them)."""
+    try:
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    except RuntimeError:
+        return None
+
+
 class DerivedCache(Generic[T]):
     """``cache.get(sources, compute)`` returns ``compute()``'s value, recomputed only when a source changes.
 
@@ -55,20 +64,13 @@ class DerivedCache(Generic[T]):
         """Counts parameter and buffer registrations in this process (it moves when one is replaced)."""
         return _epoch[0]
 
-    @staticmethod
-    def _fingerprint(tensors: Sequence[torch.Tensor]) -> Optional[Tuple]:
-        try:
-            return tuple((t.data_ptr(), t._version) for t in tensors)
-        except RuntimeError:  # inference tensors have no version counter: never cache what depends on them
-            return None
-
     def get(self, sources: Callable[[], Sequence[torch.Tensor]], compute: Callable[[], T]) -> T:
-        if self._epoch == _epoch[0] and self._key == self._fingerprint(self._sources):
+        if self._epoch == _epoch[0] and self._key == _fingerprint(self._sources):
             return self._value  # type: ignore[return-value]
         tensors = list(sources())
         with torch.no_grad():
             value = compute()
-        key = self._fingerprint(tensors)
+        key = _fingerprint(tensors)
         if key is None:
             self.clear()
         else:
@@ -99,10 +101,10 @@ def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tenso
     A prefill's parameter-derived operands (per-head decay factors, positional scores) depend on nothing else;
     on a CPU, at short lengths, building them again costs more than using them.
     """
-    if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # inference tensors keep no version
+    fingerprint = None if torch.is_grad_enabled() else _fingerprint(params)
+    if fingerprint is None:
         return build()
-    stamp = (key, _epoch[0], torch.is_inference_mode_enabled(),
-             tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    stamp = (key, _epoch[0], torch.is_inference_mode_enabled(), fingerprint)
     cache = owner.__dict__.setdefault("_inference_cache", _InferenceCache())
     hit = cache.get(name)
     if hit is not None and hit[0] == stamp:

@@ -31,7 +31,6 @@ import torch
 
 from .decode_state import DecodeState
 from .history_inputs import check_step_events
-from .derived_cache import DerivedCache
 from .model import FuXiLinear
 from .ops.value_checks import ValueChecks, resolve_value_check_mode
 from .utils import check_int
@@ -297,11 +296,12 @@ class Decoder:
         self.pool.position[first:].zero_()
 
     def _check_weights(self) -> None:
-        """Drop the captured graphs when a parameter or buffer changed since they were captured."""
+        """Drop the captured graphs when the model's step operands were rebuilt since they were captured (a
+        parameter or buffer changed: :meth:`fuxi_linear.FuXiLinear.step_operands` caches them until then, and
+        the graphs read the operands' memory)."""
         if not self.use_cuda_graphs:
             return
-        tensors = list(self.model.parameters()) + list(self.model.buffers())
-        key = (DerivedCache.registration_epoch(), DerivedCache._fingerprint(tensors))
-        if key != self._weights_key:
+        key = self.model.step_operands()
+        if key is not self._weights_key:
             self._runners.clear()
             self._weights_key = key
