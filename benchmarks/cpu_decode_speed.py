@@ -72,7 +72,7 @@ def run(seq_lens: List[int], batch_size: int, threads: List[int], warmup: int, r
             medians = {name: 1e3 * statistics.median(t) for name, t in times.items()}  # ms -> us
             rows.append(dict(threads=n_threads, T=T, medians=medians, compile_s=compile_s,
                              load=f"{load_before} -> {_load()}"))
-            failure = compiled._compiled_step.failure if compiled._compiled_step is not None else None
+            failure = compiled.compiled_step.failure if compiled.compiled_step is not None else None
             if failure:
                 rows[-1]["note"] = f"compiled step fell back to eager: {failure}"
     return rows

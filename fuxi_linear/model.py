@@ -308,7 +308,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
             rows = None if state_indices is None else state_indices.long()
             args = (self.step_operands(), item_ids, timestamps, query_timestamps, state.retention, state.temporal,
                     state.positional, state.last_timestamp, state.position, rows)
-            compiled = getattr(self, "_compiled_step", None)
+            compiled = self._compiled_step
             if compiled is not None and state.device.type == "cpu":
                 user = compiled(*args)
             else:
@@ -353,3 +353,9 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         """
         self._compiled_step = CompiledDecodeStep(options) if enabled else None
         return self
+
+    @property
+    def compiled_step(self) -> Optional[CompiledDecodeStep]:
+        """The :class:`~fuxi_linear.compiled_step.CompiledDecodeStep` after :meth:`compile_step` (its ``active``
+        and ``failure`` say whether steps still run compiled), None while steps run eagerly."""
+        return self._compiled_step

@@ -80,7 +80,7 @@ def decode_step_kind(model: torch.nn.Module) -> Optional[str]:
     KV-cache baselines."""
     if not hasattr(model, "compile_step"):
         return None
-    compiled = getattr(model, "_compiled_step", None)
+    compiled = model.compiled_step
     return "compiled" if compiled is not None and compiled.active else "eager"
 
 

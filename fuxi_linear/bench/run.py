@@ -77,7 +77,7 @@ def _run(s: BenchSettings, device: torch.device, log: Callable[[str], None]) -> 
     finally:
         if bar is not None:
             bar.close()
-    compiled = getattr(models.get("fuxi-linear"), "_compiled_step", None)
+    compiled = models["fuxi-linear"].compiled_step if "fuxi-linear" in models else None
     if compiled is not None and not compiled.active:
         notes.append(f"compiling FuXi-Linear's decode step failed ({compiled.failure[:300]}): its decode rows are "
                      f"the eager step")
