@@ -60,33 +60,28 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
                              self.config.max_positions)
 
     # ------------------------------------------------------------------ full histories
-    def _forward_padded(self, item_ids, timestamps, lengths, query_timestamps, output_final_state: bool = False,
-                        last_only: bool = False, ragged: Optional[bool] = None):
+    def _forward_padded(self, item_ids, timestamps, lengths, query_timestamps, ragged: bool,
+                        output_final_state: bool = False, last_only: bool = False):
         """Right-padded histories ``(B, T)`` through the blocks; returns ``(x, per-block channel states or None)``
         with ``x (B, T, D)``, or ``(B, D)`` at each user's last event when ``last_only`` (the last block then
         gates and mixes only those rows).
 
         Final states and last events are taken at ``lengths - 1``; a batch whose histories all fill the T
-        columns (``ragged`` False; None: find out) passes no lengths at all. The histories are never packed: on the CPU path each channel takes its
+        columns (``ragged`` False) passes no lengths at all. The histories are never packed: on the CPU path each channel takes its
         state at the right event directly, so ragged batches are exact too (the Triton backend packs ragged
         batches instead, :meth:`_forward_packed`).
         """
         B, T = item_ids.shape
         dev = item_ids.device
         x = self._embed(item_ids, torch.arange(T, device=dev)[None, :])
-        if not output_final_state and not last_only:
-            ends = None
-        elif ragged is None:
-            ends = None if bool((lengths == T).all()) else lengths
-        else:
-            ends = lengths if ragged else None
+        ends = lengths if ragged and (output_final_state or last_only) else None
         n = len(self.blocks)
         if not self.config.use_temporal:
             feats = None
         elif uses_plan(self.config.backend, dev):  # the temporal operands are the same in every block: once
             feats = self.temporal.prepare(timestamps, lengths, query_timestamps, x.dtype, ends=ends,
                                           all_outputs=not last_only or n > 1, last_outputs=last_only,
-                                          final_state=output_final_state, ragged=ragged is not False,
+                                          final_state=output_final_state, ragged=ragged,
                                           head_width=self.config.embedding_dim // (2 * self.temporal.num_periods))
         else:
             feats = self.temporal(timestamps, lengths, query_timestamps)
@@ -140,7 +135,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         Returns:
             ``(B, T, D)`` L2-normalised user vectors (float32 for a float32 model); zero at padding.
         """
-        _, used = self._check(item_ids, timestamps, lengths, query_timestamps)
+        shortest, used = self._check(item_ids, timestamps, lengths, query_timestamps)
         item_ids, lengths = cast(item_ids, torch.int64), cast(lengths, torch.int64)
         T = item_ids.shape[1]
         if packed:
@@ -149,7 +144,8 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
             out = y.new_zeros(item_ids.shape[0], used, y.shape[-1])
             out[valid] = y
         else:
-            out, _ = self._forward_padded(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps)
+            out, _ = self._forward_padded(item_ids[:, :used], timestamps[:, :used], lengths, query_timestamps,
+                                          ragged=shortest < used)
             out = out * (item_ids[:, :used] != 0).unsqueeze(-1).to(out.dtype)
         out = l2_normalize(out)
         return F.pad(out, (0, 0, 0, T - used)) if used < T else out
@@ -172,7 +168,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         ragged = shortest < used
         ids, ts = (item_ids[:, :used], timestamps[:, :used]) if used < item_ids.shape[1] else (item_ids, timestamps)
         if not ragged or uses_plan(self.config.backend, ids.device):
-            y, states = self._forward_padded(ids, ts, lengths, query_timestamps, True, last_only=True, ragged=ragged)
+            y, states = self._forward_padded(ids, ts, lengths, query_timestamps, ragged, True, last_only=True)
         else:
             y, _, states = self._forward_packed(ids, ts, lengths, query_timestamps, True, last_only=True)
         last_timestamp = (timestamps.gather(1, (lengths - 1)[:, None]).squeeze(1) if ragged else
