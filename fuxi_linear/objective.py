@@ -113,7 +113,8 @@ class SampledSoftmaxObjective(nn.Module):
         rows, cols = mask.nonzero(as_tuple=True)
         negatives = hashed_negatives(keys[rows], cols, cfg.num_negatives, cfg.num_items)
         with self._autocast(device, False):
-            loss_sum = sampled_softmax_loss(_at_least_fp32(users[mask]), targets[mask],
+            # the same row-major order as mask-indexing, without computing the nonzeros twice more
+            loss_sum = sampled_softmax_loss(_at_least_fp32(users[rows, cols]), targets[rows, cols],
                                             _at_least_fp32(self.model.item_vectors()),
                                             cfg.num_negatives, cfg.temperature, negative_ids=negatives,
                                             reduction="sum")
