@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .dtypes import cast
+
 __all__ = ["DecayAttentionPlan", "HeadDecay", "Output", "auto_chunk_size", "prepare_decay_attention"]
 
 Output = Tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -36,10 +38,6 @@ def auto_chunk_size(K: int, V: int) -> int:
     """Chunk length C of the CPU path for heads of key width K and value width V (a sequence of at most C
     tokens runs in the parallel form)."""
     return SMALL_STATE_CHUNK if K * V <= 64 else WIDE_STATE_CHUNK
-
-
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x if x.dtype == dtype else x.to(dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,24 +109,24 @@ class _TokenDecay:
         # strong (-20 per step), and a float32 difference of two such values loses ~1e-5 of the weight
         # exp(b_t - b_s) of nearby tokens, the weights that matter.
         cdt = self.cdt
-        out = {"intra": _masked_exp(_as(b[..., :, None] - b[..., None, :], cdt), _offsets(C, b.device, cdt)[3])}
+        out = {"intra": _masked_exp(cast(b[..., :, None] - b[..., None, :], cdt), _offsets(C, b.device, cdt)[3])}
         if with_states:
             ends = Gc[..., -1]  # Gamma_c
-            out["mix"] = _masked_exp(_as(ends[..., :, None] - ends[..., None, :], cdt), _offsets(nc, b.device, cdt)[3])
+            out["mix"] = _masked_exp(cast(ends[..., :, None] - ends[..., None, :], cdt), _offsets(nc, b.device, cdt)[3])
             # only for a state entering the segment
-            out["carry"] = lambda: _decay_exp(_as(ends if before is None else ends - before, cdt))
-            out["into"] = _decay_exp(_as(b, cdt))
-            out["out_of"] = _decay_exp(_as(b[..., -1:] - b, cdt))
+            out["carry"] = lambda: _decay_exp(cast(ends if before is None else ends - before, cdt))
+            out["into"] = _decay_exp(cast(b, cdt))
+            out["out_of"] = _decay_exp(cast(b[..., -1:] - b, cdt))
         return out
 
     def to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
         """``exp(G_{L-1} - G_s) [s < L]`` ``(Bf, H, T)`` for the last tokens ``last (B,)`` (None: T - 1)."""
         G = self.G
         if last is None:
-            return _decay_exp(_as(G[..., -1:] - G, self.cdt))
+            return _decay_exp(cast(G[..., -1:] - G, self.cdt))
         G_last = G.expand(last.numel(), -1, -1).gather(-1, last.view(-1, 1, 1).expand(-1, G.shape[1], 1))
         keep = (torch.arange(G.shape[-1], device=G.device) <= last.view(-1, 1, 1)).to(self.cdt)
-        return _masked_exp(_as(G_last - G, self.cdt), keep)
+        return _masked_exp(cast(G_last - G, self.cdt), keep)
 
     def log_decay_to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:
         """``G_{L-1}`` ``(Bf, H)`` float64 (the decay of an initial state)."""
@@ -144,7 +142,7 @@ class HeadDecay:
     :func:`fuxi_linear.derived_cache.inference_cache`)."""
 
     def __init__(self, g_gamma: torch.Tensor, T: int, cdt: torch.dtype):
-        self.gamma = _as(g_gamma, cdt)
+        self.gamma = cast(g_gamma, cdt)
         self.T, self.batch, self.cdt = T, 1, cdt
         self._memo = {}
 
@@ -173,7 +171,7 @@ class HeadDecay:
                 self._memo["to_last"] = _decay_exp(self.gamma.unsqueeze(-1) * steps).unsqueeze(0)
             return self._memo["to_last"]
         pos = torch.arange(self.T, device=self.gamma.device, dtype=self.cdt)
-        back = _as(last, self.cdt)[:, None] - pos  # (B, T): L - 1 - s
+        back = cast(last, self.cdt)[:, None] - pos  # (B, T): L - 1 - s
         return _masked_exp(self.gamma[:, None] * back[:, None], (back >= 0).to(self.cdt)[:, None])  # (B, H, T)
 
     def log_decay_to_last(self, last: Optional[torch.Tensor]) -> torch.Tensor:

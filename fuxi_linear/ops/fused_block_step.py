@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from .decay_attention import resolve_backend
+from .dtypes import cast
 from .validation import check_step_inputs
 from .value_checks import ValueChecks, add_distinct_rows_check
 
@@ -100,10 +101,6 @@ def check_fused_step_inputs(
         checks.run("sync")
 
 
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x if x.dtype == dtype else x.to(dtype)
-
-
 def _channel_step_reference(c: StepChannel, rows: Optional[torch.Tensor]) -> torch.Tensor:
     """One channel: advances ``c.state`` in place, returns ``o: (N, H * V)`` in v's dtype.
 
@@ -113,19 +110,19 @@ def _channel_step_reference(c: StepChannel, rows: Optional[torch.Tensor]) -> tor
     cdt = state.dtype
     N, H, K = c.q.shape
     V = c.v.shape[-1]
-    q, k, v = _as(c.q, cdt), _as(c.k, cdt), _as(c.v, cdt)
+    q, k, v = cast(c.q, cdt), cast(c.k, cdt), cast(c.v, cdt)
     S = state if rows is None else state.index_select(0, rows)
     if c.g is not None:
-        S.mul_(torch.exp(_as(c.g, cdt)).view(N, H, 1, 1))
+        S.mul_(torch.exp(cast(c.g, cdt)).view(N, H, 1, 1))
     elif c.g_gamma is not None:
-        S.mul_(torch.exp(_as(c.g_gamma, cdt)).view(H, 1, 1))
+        S.mul_(torch.exp(cast(c.g_gamma, cdt)).view(H, 1, 1))
     S.addcmul_(k.view(N, H, K, 1), v.view(N, H, 1, V), value=c.k_scale)
     if rows is not None:
         state.index_copy_(0, rows, S)
     o = (q.view(N, H, K, 1) * S).sum(2)  # (N, H, V)
     if c.scale != 1.0:
         o = o * c.scale
-    return _as(o, c.v.dtype).view(N, H * V)
+    return cast(o, c.v.dtype).view(N, H * V)
 
 
 def fused_block_step_reference(

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .decay_attention import chunk_decay_attention, resolve_backend
+from .dtypes import cast, compute_dtype
 from .decay_plan import DecayAttentionPlan, HeadDecay, prepare_decay_attention
 
 OUTPUTS = ("all", "last")
@@ -67,16 +68,6 @@ def without_autocast(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return run
-
-
-def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` in ``dtype`` (no call at all when it already is: these paths are overhead-bound on a CPU)."""
-    return x if x.dtype == dtype else x.to(dtype)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The CPU path computes in float64 for float64 input and in float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def prefill_decay_attention(

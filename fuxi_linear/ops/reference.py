@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 import torch
 
 from .decay_plan import Output, prepare_decay_attention
+from .dtypes import compute_dtype
 from ..utils import check_int
 from .validation import check_chunk_inputs, check_step_inputs
 
@@ -40,10 +41,6 @@ __all__ = [
 
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _prepare(q, k, v, g, g_gamma, initial_state, cu_seqlens, dense_decay=True):
     """Common normalisation: compute dtype, per-token log-decay, packed -> padded.
 
@@ -54,7 +51,7 @@ def _prepare(q, k, v, g, g_gamma, initial_state, cu_seqlens, dense_decay=True):
     per-head or absent decay stays as it is.
     """
     B, T, H, _ = v.shape
-    cdt = _compute_dtype(v.dtype)
+    cdt = compute_dtype(v.dtype)
     q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
     if g is not None:
         g = g.to(cdt)

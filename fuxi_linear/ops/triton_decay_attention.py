@@ -18,7 +18,8 @@ from typing import Optional, Tuple
 import torch
 
 from . import triton_launchers as launchers
-from .triton_launchers import acc_dtype, bwd_impl, check_chunk_size, check_head_dims, fwd_impl, step_impl
+from .dtypes import compute_dtype
+from .triton_launchers import bwd_impl, check_chunk_size, check_head_dims, fwd_impl, step_impl
 
 __all__ = ["chunk_decay_attention_triton", "decay_attention_step_triton"]
 
@@ -42,7 +43,7 @@ def _(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size):
     B, T, H, V = v.shape
     N = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else B
     return torch.empty_like(v, memory_format=torch.contiguous_format), v.new_empty(
-        (N, H, q.shape[-1], V), dtype=acc_dtype(v.dtype))
+        (N, H, q.shape[-1], V), dtype=compute_dtype(v.dtype))
 
 
 @torch.library.custom_op("fuxi_linear::decay_attention_bwd", mutates_args=())

@@ -41,7 +41,9 @@ from fuxi_linear.kernels.decay_attention import (
     small_heads_fwd_kernel,
 )
 
-__all__ = ["fwd_impl", "bwd_impl", "step_impl", "check_chunk_size", "check_head_dims", "acc_dtype",
+from .dtypes import compute_dtype
+
+__all__ = ["fwd_impl", "bwd_impl", "step_impl", "check_chunk_size", "check_head_dims",
            "DEFAULT_CHUNK_SIZE", "POISON_OUTPUTS", "FP32_DOT_PRECISION", "SEGMENT_TOKENS", "SMALL_HEADS", "MAX_K"]
 
 #: Chunk length used when ``chunk_size`` is not given (read at call time; tests lower it to keep the
@@ -70,10 +72,6 @@ def _new(shape, dtype, device) -> torch.Tensor:
     if POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -262,7 +260,7 @@ def fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size):
     varlen = cu_seqlens is not None
     N = cu_seqlens.numel() - 1 if varlen else B
     shared = q.shape[0] != B
-    acc, dev, mode = acc_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
+    acc, dev, mode = compute_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
     precision = _precision(v.dtype)
     half = v.dtype in (torch.float16, torch.bfloat16)
     plan = _plan("fwd", K, V, H, N, T, precision, half, chunk_size, cu_seqlens, dev)
@@ -315,7 +313,7 @@ def bwd_impl(q, k, v, g, g_gamma, initial_state, cu_seqlens, do, dht, scale, chu
     varlen = cu_seqlens is not None
     N = cu_seqlens.numel() - 1 if varlen else B
     shared = Bq != B
-    acc, dev, mode = acc_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
+    acc, dev, mode = compute_dtype(v.dtype), v.device, _decay_mode(g, g_gamma)
     precision = _precision(v.dtype)
     q_dtype, k_dtype = q.dtype, k.dtype
     q, sq = _rows(q, shared or varlen)
