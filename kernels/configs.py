@@ -20,6 +20,8 @@ __all__ = [
     "PROGRAMS_PER_SM",
     "MIN_SEGMENT_CHUNKS",
     "MAX_K",
+    "check_head_dims",
+    "state_config",
 ]
 
 #: Largest q/k head dim of the general kernels: the whole K fits one block (K = 2 or 32 in FuXi).
@@ -102,20 +104,32 @@ def prefill_config(kernel: str, H: int, K: int, V: int, precision: str, half_inp
     """
     if kernel not in ("fwd", "bwd_dq", "bwd_dkv", "summary", "scan"):
         raise ValueError(f"unknown prefill kernel {kernel!r}")
-    if K > MAX_K:
-        raise ValueError(f"the Triton kernels support q/k head dims K <= {MAX_K}, got K={K}")
+    check_head_dims(K)
     small = (uses_small_heads(K, V) if small_heads is None else small_heads) and kernel in ("fwd", "bwd_dq", "bwd_dkv")
     if small:
         BT, HB, warps = _SMALL
         return LaunchConfig(chunk_size or BT, _pow2(K), _pow2(V), min(HB, _pow2(H)), warps, 2, True, 1)
-    BK = max(16, _pow2(K))
     if kernel == "scan":
-        BV = min(64, max(16, _pow2(V)))
-        return LaunchConfig(1, BK, BV, 1, 1 if BK * BV <= 1024 else 4, 1, False, -(-V // BV))
+        return state_config(K, V)
+    BK = max(16, _pow2(K))
     choices = _GENERAL[(kernel, operand_class(precision, half_inputs))]
     BT, BV, warps = choices[-1] if V > 32 else choices[0]
     BV = min(BV, max(16, _pow2(V)))
     return LaunchConfig(chunk_size or BT, BK, BV, 1, warps, 2, False, -(-V // BV))
+
+
+def check_head_dims(K: int) -> None:
+    """Raises ``ValueError`` for a q/k head dim the kernels do not support (K > :data:`MAX_K`)."""
+    if K > MAX_K:
+        raise ValueError(f"the Triton kernels support q/k head dims K <= {MAX_K}, got K={K}")
+
+
+def state_config(K: int, V: int) -> LaunchConfig:
+    """Blocks of the kernels that walk a (K, V) state one token at a time: the decode step and the split-T
+    scan over segment states (one program per head and V-block)."""
+    check_head_dims(K)
+    BK, BV = max(16, _pow2(K)), min(64, max(16, _pow2(V)))
+    return LaunchConfig(1, BK, BV, 1, 1 if BK * BV <= 1024 else 4, 1, False, -(-V // BV))
 
 
 def programs_per_work_item(cfg: LaunchConfig, H: int) -> int:

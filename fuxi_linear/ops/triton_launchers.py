@@ -92,9 +92,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def check_head_dims(K: int) -> None:
-    if K > MAX_K:
-        raise ValueError(f"the Triton kernels support q/k head dims K <= {MAX_K}, got K={K}")
+check_head_dims = configs.check_head_dims
 
 
 
@@ -221,7 +219,7 @@ def _starting_states(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final,
     # the summary kernel's own chunk length, a power of two dividing L (so its chunks tile every segment)
     half = y.dtype in (torch.float16, torch.bfloat16)
     sum_cfg = configs.prefill_config("summary", H, K, V, precision, half_inputs=half)
-    scan_cfg = configs.prefill_config("scan", H, K, V, precision)
+    scan_cfg = configs.state_config(K, V)
     BK, BV, NV = sum_cfg.BK, sum_cfg.BV, sum_cfg.NV
     summary = _new((plan.n_work, H, K, V), acc, dev)
     seg_decay = _new((plan.n_work, H), acc, dev)
@@ -384,15 +382,12 @@ def step_impl(q, k, v, state, g, g_gamma, scale, state_indices):
                                           for x in (q, k, v, g, g_gamma, state_indices))
     N, H, V = v.shape
     K = q.shape[-1]
-    check_head_dims(K)
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
-    NV = triton.cdiv(V, BV)
+    cfg = configs.state_config(K, V)
     o = _new((N, H, V), v.dtype, v.device)
-    decay_attn_step_kernel[(N * H * NV,)](
+    decay_attn_step_kernel[(N * H * cfg.NV,)](
         q, k, v, g, g_gamma, state, state_indices, o,
         float(scale), *state.stride(),
-        H=H, K=K, V=V, BK=BK, BV=BV, DECAY=_decay_mode(g, g_gamma),
-        USE_INDICES=state_indices is not None, num_warps=1 if BK * BV <= 1024 else 4,
+        H=H, K=K, V=V, BK=cfg.BK, BV=cfg.BV, DECAY=_decay_mode(g, g_gamma),
+        USE_INDICES=state_indices is not None, num_warps=cfg.num_warps,
     )
     return o
