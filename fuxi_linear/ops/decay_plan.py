@@ -379,7 +379,7 @@ def _segment(qh, kh, decay, start, nc, C, T, H, with_states, cdt, dev) -> _Segme
         qc, kc = chunked(qh), chunked(kh)
         scores = qc @ kc.transpose(-1, -2)
     if decay is None:
-        above, _, _, ones = _offsets(C, dev, cdt)
+        ones = _offsets(C, dev, cdt)[3]
         scores = scores * ones if scores is not None else ones.expand(1, H, nc, C, C)
         if with_states:
             if qc is None:
