@@ -42,12 +42,21 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         TypeError: ``name`` is not a str, or a field is unknown to that config.
         ValueError: unknown name (the message lists the valid ones), or a bad field value.
     """
+    return _MODELS[_checked_name(name)][0](model_config(name, **kwargs))
+
+
+def model_config(name: str, **kwargs: Any) -> Any:
+    """The config of model ``name`` from its fields (checked as :func:`build_model` checks them, without
+    building the model): ``FuXiLinearConfig(**kwargs)``, ``HSTUConfig(**kwargs)``, etc."""
+    return _MODELS[_checked_name(name)][1](**kwargs)
+
+
+def _checked_name(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {list(MODEL_NAMES)}, got {type(name).__name__}")
     if name not in _MODELS:
         raise ValueError(f"unknown model name {name!r}; expected one of {list(MODEL_NAMES)}")
-    model_cls, config_cls = _MODELS[name]
-    return model_cls(config_cls(**kwargs))
+    return name
 
 
-__all__ = ["MODEL_NAMES", "BASELINE_NAMES", "build_model"]
+__all__ = ["MODEL_NAMES", "BASELINE_NAMES", "build_model", "model_config"]

@@ -167,7 +167,9 @@ def test_bench_without_fuxi_linear_has_no_speedups(capsys):
     (["--decode-users", "4,x"], "--decode-users must be a comma-separated list"),
     (["--dtype", "fp8"], "--dtype must be one of fp32, bf16, fp16"),
     (["--batch-size", "0"], "--batch-size must be a positive int"),
-    (["--embedding-dim", "40", "--num-heads", "4"], "multiple of 16"),
+    (["--embedding-dim", "40", "--num-heads", "4"], "fuxi-linear: embedding_dim=40 must be divisible by 2 * "
+                                                    "temporal_num_periods=16"),
+    (["--embedding-dim", "48", "--num-heads", "5"], "embedding_dim=48 must be divisible by num_heads=5"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda"),
 ])
 def test_bad_flags_give_clear_errors(argv, message, capsys):

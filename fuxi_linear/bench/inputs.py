@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from ..registry import build_model
-from .settings import BENCH_NUM_ITEMS, BenchSettings
+from .settings import BENCH_NUM_ITEMS, BenchSettings, model_kwargs
 
 #: First timestamp (seconds) and mean gap of the synthetic histories.
 _T0, _MEAN_GAP_S = 1_700_000_000, 600
@@ -52,14 +52,6 @@ def make_inputs(batch_size: int, seq_len: int, num_items: int = BENCH_NUM_ITEMS,
         step_item_ids=items[:, T].to(dev), step_timestamps=times[:, T].to(dev),
         step_query_timestamps=(times[:, T] + _MEAN_GAP_S).to(dev),
     )
-
-
-def model_kwargs(name: str, s: BenchSettings) -> Dict[str, Any]:
-    kwargs = dict(num_items=s.num_items, max_seq_len=s.max_seq_len, embedding_dim=s.embedding_dim,
-                  num_blocks=s.num_blocks, num_heads=s.num_heads, qk_dim=s.qk_dim, dropout=0.0)
-    if name == "fuxi-linear":
-        kwargs["backend"] = s.backend
-    return kwargs
 
 
 def build_bench_models(s: BenchSettings) -> Dict[str, torch.nn.Module]:

@@ -3,11 +3,11 @@ flag values, and :class:`BenchSettings` with its checks (a bad value raises :cla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..registry import BASELINE_NAMES, MODEL_NAMES
+from ..registry import BASELINE_NAMES, MODEL_NAMES, model_config
 from ..utils import check_int, resolve_device
 from .timing import timed_rounds
 
@@ -196,11 +196,11 @@ class BenchSettings:
                      "decode_repeats", "decode_burst", "num_items"):
             _check_int(f"--{name.replace('_', '-')}", getattr(out, name))
         _check_int("--warmup", out.warmup, minimum=0)
-        if out.embedding_dim % out.num_heads:
-            raise BenchError(f"--embedding-dim {out.embedding_dim} must be divisible by --num-heads {out.num_heads}")
-        if "fuxi-linear" in out.models and out.embedding_dim % 16:
-            raise BenchError(f"--embedding-dim {out.embedding_dim} must be a multiple of 16 for FuXi-Linear "
-                             f"(8 temporal periods -> 16 temporal heads)")
+        for name in out.models:  # each model's own config checks the sizes (e.g. D divisible by its heads)
+            try:
+                model_config(name, **model_kwargs(name, out))
+            except ValueError as err:
+                raise BenchError(f"{name}: {err} (--embedding-dim / --num-heads / --qk-dim)") from None
         return out
 
     @property
@@ -229,3 +229,12 @@ class BenchSettings:
         """Models are built for the longest history plus every decode step after it."""
         longest = max(list(self.seq_lens) + ([THROUGHPUT_POSITION] if self.decode_users else []))
         return longest + self.steps_per_state + 1
+
+
+def model_kwargs(name: str, s: BenchSettings) -> Dict[str, Any]:
+    """The config fields of model ``name`` at the resolved settings ``s``."""
+    kwargs = dict(num_items=s.num_items, max_seq_len=s.max_seq_len, embedding_dim=s.embedding_dim,
+                  num_blocks=s.num_blocks, num_heads=s.num_heads, qk_dim=s.qk_dim, dropout=0.0)
+    if name == "fuxi-linear":
+        kwargs["backend"] = s.backend
+    return kwargs
