@@ -185,32 +185,28 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
     def empty_state(self, num_users: int, device: Optional[torch.device] = None) -> DecodeState:
         """An all-zero :class:`DecodeState` of ``num_users`` rows for this model (a pool to prefill into):
         float64 states for a float64 model, float32 otherwise; on the model's device unless ``device``."""
-        c = self.config
         ref = self.blocks[0].uvqk
         device = ref.device if device is None else torch.device(device)
         dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+        return DecodeState(**{name: torch.zeros(shape, dtype=dtype if kinds is _STATE_FLOATS else torch.int64,
+                                                device=device)
+                              for name, shape, kinds in self._state_layout(num_users)})
+
+    def _state_layout(self, P: int) -> tuple:
+        """``(field, shape, allowed dtypes)`` of each tensor of a :class:`DecodeState` of ``P`` rows."""
+        c = self.config
         L, D, H, Ht = c.num_blocks, c.embedding_dim, c.num_heads, 2 * c.temporal_num_periods
-        return DecodeState(
-            retention=torch.zeros(L, num_users, H, c.qk_dim, D // H, dtype=dtype, device=device),
-            temporal=torch.zeros(L, num_users, Ht, 2, D // Ht, dtype=dtype, device=device),
-            positional=torch.zeros(L, num_users, 1, c.positional_dim, D, dtype=dtype, device=device),
-            last_timestamp=torch.zeros(num_users, dtype=torch.int64, device=device),
-            position=torch.zeros(num_users, dtype=torch.int64, device=device),
-        )
+        return (("retention", (L, P, H, c.qk_dim, D // H), _STATE_FLOATS),
+                ("temporal", (L, P, Ht, 2, D // Ht), _STATE_FLOATS),
+                ("positional", (L, P, 1, c.positional_dim, D), _STATE_FLOATS),
+                ("last_timestamp", (P,), _STATE_INTS), ("position", (P,), _STATE_INTS))
 
     def _check_state(self, state: object) -> DecodeState:
         """A :class:`DecodeState` laid out for this model (shapes, dtypes, one device): metadata only."""
         if not isinstance(state, DecodeState):
             raise TypeError(f"state must be a DecodeState, got {type(state).__name__}")
-        c = self.config
-        P = state.num_users
-        L, D, H, Ht = c.num_blocks, c.embedding_dim, c.num_heads, 2 * c.temporal_num_periods
         device = state.device
-        expected = (("retention", (L, P, H, c.qk_dim, D // H), _STATE_FLOATS),
-                    ("temporal", (L, P, Ht, 2, D // Ht), _STATE_FLOATS),
-                    ("positional", (L, P, 1, c.positional_dim, D), _STATE_FLOATS),
-                    ("last_timestamp", (P,), _STATE_INTS), ("position", (P,), _STATE_INTS))
-        for name, shape, kinds in expected:  # a decode step pays for every line here: few calls
+        for name, shape, kinds in self._state_layout(state.num_users):  # a decode step pays for every line here
             t = getattr(state, name)
             if not isinstance(t, torch.Tensor) or t.shape != shape:
                 raise ValueError(f"state.{name} must have shape {shape} for this model, got "
