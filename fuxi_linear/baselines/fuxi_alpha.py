@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..layers.ffn import MultiStageFFN
 from ..layers.norms import layer_norm
-from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
+from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, StepWindow, query_chunks
 from .kv_cache import KVCache
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor
 
@@ -93,22 +93,23 @@ class FuXiAlphaBlock(nn.Module):
             outs.append(torch.stack([sem, tim, pos], dim=2))  # (B, c, 3, D)
         return self._finish(x, u, torch.cat(outs, dim=1))
 
-    def step(self, x: torch.Tensor, cache: KVCache, layer: int, M: int, mask: torch.Tensor, rel: torch.Tensor,
+    def step(self, x: torch.Tensor, window: StepWindow, layer: int, rel: torch.Tensor,
              bucket: torch.Tensor) -> torch.Tensor:
-        """``x (N, D)`` -> ``(N, D)``: write k/v at slot ``lengths[n]``; the three channel weights over slots
-        [0, M) are stacked to ``(N, H, 3, M)`` and applied to the cached values in ONE batched matmul."""
+        """``x (N, D)`` -> ``(N, D)``: write k/v at slot ``lengths[n]``; the three channel weights over the
+        window's M slots are stacked to ``(N, H, 3, M)`` and applied to the cached values in ONE batched matmul."""
         N = x.shape[0]
         H, dv = self.num_heads, self.value_dim
         u, v, q, k = self._uvqk(x)
-        SequentialRecommenderBase._write_step(cache, layer, k, v.unflatten(-1, (H, dv)))
-        keys, values = cache.keys[layer, :, :, :M], cache.values[layer, :, :, :M]  # (N, H, M, d)
+        SequentialRecommenderBase._write_step(window, layer, k, v.unflatten(-1, (H, dv)))
+        keys, values = SequentialRecommenderBase._cached(window, layer)  # (N, H, M, d)
+        M = window.size
         pos_map, time_map = self.bias.maps(rel, bucket)  # (N, M)
-        div = attention_divisor(self.attention_norm, self.max_seq_len, cache.lengths, x.dtype)
+        div = attention_divisor(self.attention_norm, self.max_seq_len, window.lengths, x.dtype)
         if isinstance(div, torch.Tensor):
             div = div[:, None]  # (N, 1, 1)
         sem = F.silu((keys @ q[..., None]).squeeze(-1)) / div  # (N, H, M)
         weights = torch.stack([sem, time_map[:, None].expand(N, H, M), pos_map[:, None].expand(N, H, M)], dim=2)
-        weights = weights.masked_fill(~mask[:, None, None], 0.0)  # (N, H, 3, M)
+        weights = weights.masked_fill(~window.mask[:, None, None], 0.0)  # (N, H, 3, M)
         channels = (weights @ values).transpose(1, 2).flatten(2)  # (N, H, 3, dv) -> (N, 3, D)
         return self._finish(x, u, channels)
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.norms import layer_norm
-from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, query_chunks
+from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, StepWindow, query_chunks
 from .kv_cache import KVCache
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor
 
@@ -87,19 +87,19 @@ class HSTUBlock(nn.Module):
         av = torch.cat(outs, dim=2).transpose(1, 2).flatten(2)  # (B, T, D)
         return self._finish(x, u, av)
 
-    def step(self, x: torch.Tensor, cache: KVCache, layer: int, M: int, mask: torch.Tensor, rel: torch.Tensor,
+    def step(self, x: torch.Tensor, window: StepWindow, layer: int, rel: torch.Tensor,
              bucket: torch.Tensor) -> torch.Tensor:
-        """``x (N, D)`` -> ``(N, D)``: write k/v at slot ``lengths[n]``, then one batched matmul over slots
-        [0, M) against the cache. ``mask, rel, bucket: (N, M)`` (valid slots, bias indices; shared by blocks)."""
+        """``x (N, D)`` -> ``(N, D)``: write k/v at slot ``lengths[n]``, then one batched matmul over the window's
+        M slots against the cache. ``rel, bucket: (N, M)`` bias indices (shared by the blocks)."""
         u, v, q, k = self._uvqk(x)
-        SequentialRecommenderBase._write_step(cache, layer, k, v)
-        keys, values = cache.keys[layer, :, :, :M], cache.values[layer, :, :, :M]  # (N, H, M, d)
+        SequentialRecommenderBase._write_step(window, layer, k, v)
+        keys, values = SequentialRecommenderBase._cached(window, layer)  # (N, H, M, d)
         pos_map, time_map = self.bias.maps(rel, bucket)  # (N, M)
         scores = (keys @ q[..., None]).squeeze(-1) + (pos_map + time_map)[:, None]  # (N, H, M)
-        div = attention_divisor(self.attention_norm, self.max_seq_len, cache.lengths, x.dtype)
+        div = attention_divisor(self.attention_norm, self.max_seq_len, window.lengths, x.dtype)
         if isinstance(div, torch.Tensor):
             div = div[:, None]  # (N, 1, 1)
-        weights = F.silu(scores).masked_fill(~mask[:, None], 0.0) / div
+        weights = F.silu(scores).masked_fill(~window.mask[:, None], 0.0) / div
         av = (weights[:, :, None] @ values).flatten(1)  # (N, H, 1, dv) -> (N, D)
         return self._finish(x, u, av)
 

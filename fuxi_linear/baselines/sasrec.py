@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import SequentialRecommenderBase
+from .base import SequentialRecommenderBase, StepWindow
 from .config import BaselineConfig
 from .kv_cache import KVCache
 
@@ -70,14 +70,14 @@ class SASRecBlock(nn.Module):
                                            dropout_p=self.dropout_p if self.training else 0.0)
         return self._finish(x, a.transpose(1, 2).flatten(2))
 
-    def step(self, x: torch.Tensor, cache: KVCache, layer: int, M: int, mask: torch.Tensor) -> torch.Tensor:
-        """``x (N, D)``: write this event's k/v at slot ``lengths[n]``, attend over slots [0, M) with
-        ``mask (N, M)`` (True = attend), return ``(N, D)``."""
+    def step(self, x: torch.Tensor, window: StepWindow, layer: int) -> torch.Tensor:
+        """``x (N, D)``: write this event's k/v at slot ``lengths[n]``, attend over the window's M slots with
+        its ``mask (N, M)`` (True = attend), return ``(N, D)``."""
         q, k, v = self._qkv(x)  # (N, H, d)
-        SequentialRecommenderBase._write_step(cache, layer, k, v)
-        a = F.scaled_dot_product_attention(
-            q[:, :, None], cache.keys[layer, :, :, :M], cache.values[layer, :, :, :M], attn_mask=mask[:, None, None],
-            dropout_p=self.dropout_p if self.training else 0.0)  # (N, H, 1, dv)
+        SequentialRecommenderBase._write_step(window, layer, k, v)
+        keys, values = SequentialRecommenderBase._cached(window, layer)  # (N, H, M, d)
+        a = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=window.mask[:, None, None],
+                                           dropout_p=self.dropout_p if self.training else 0.0)  # (N, H, 1, dv)
         return self._finish(x, a.flatten(1))
 
 
@@ -103,8 +103,7 @@ class SASRec(SequentialRecommenderBase):
             x = block(x, cache, i)
         return self.final_norm(x)
 
-    def _step(self, x, cache, query_timestamps):
-        M, _, mask = self._window(cache)
+    def _step(self, x, window, query_timestamps):
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache, i, M, mask)
+            x = block.step(x, window, i)
         return self.final_norm(x)
