@@ -101,6 +101,8 @@ def inference_cache(owner: torch.nn.Module, name: str, params: Tuple[torch.Tenso
     A prefill's parameter-derived operands (per-head decay factors, positional scores) depend on nothing else;
     on a CPU, at short lengths, building them again costs more than using them.
     """
+    if torch.compiler.is_compiling():  # traced: the graph derives them (a Python-side store would break it)
+        return build()
     fingerprint = None if torch.is_grad_enabled() else _fingerprint(params)
     if fingerprint is None:
         return build()
