@@ -1,7 +1,11 @@
-"""pytest-benchmark suites of fuxi-linear (not part of the test run: pytest.ini's ``testpaths`` is ``tests``).
+"""pytest-benchmark suites of fuxi-linear.
 
     pytest benchmarks/ --benchmark-only                       # CPU: small shapes, a couple of minutes
     FUXI_BENCH_SEQ_LENS=1024,8192 pytest benchmarks/ --benchmark-only   # on a GPU: the paper's scale
+    pytest benchmarks/ --benchmark-disable                    # every benchmark once, as a plain test
+
+The README's test command runs them once as tests with ``--benchmark-disable`` (tiny lengths, eager:
+``tests/test_bench.py::test_the_pytest_benchmark_suites_run_once_as_tests``), so they cannot rot.
 
 Environment (all optional):
 
@@ -11,7 +15,9 @@ Environment (all optional):
 * ``FUXI_BENCH_SCALE``: ``paper`` = the paper's model (4 blocks, D=128, H=4, dqk=32; the GPU default) or
   ``small`` (2 blocks, D=64, H=4, dqk=16; the CPU default) for the model-level suite;
 * ``FUXI_BENCH_DTYPE``: ``fp32`` (default), ``bf16``, ``fp16`` (GPU);
-* ``FUXI_BENCH_THREADS``: CPU torch threads (1 is the steadiest on a shared machine).
+* ``FUXI_BENCH_THREADS``: CPU torch threads (1 is the steadiest on a shared machine);
+* ``FUXI_BENCH_COMPILE``: ``auto`` (default: every model compiled on a CPU, eager on CUDA), ``on``, ``off`` --
+  the regime of the model-level suite, as ``fuxi-linear bench --compile``.
 
 On CUDA every benchmarked call ends with a device synchronisation, so the wall-clock times are GPU times.
 ``fuxi-linear bench`` measures the model-level grid with CUDA events and prints the comparison table.
@@ -25,7 +31,7 @@ from typing import Callable, Tuple
 import pytest
 import torch
 
-from fuxi_linear.bench import CPU_MODEL, DTYPES, PAPER_MODEL, parse_seq_lens, resolve_bench_device
+from fuxi_linear.bench import COMPILE_CHOICES, CPU_MODEL, DTYPES, PAPER_MODEL, parse_seq_lens, resolve_bench_device
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class BenchEnv:
     dtype: str
     model: dict
     threads: int | None
+    compile: str
 
     @property
     def gpu(self) -> bool:
@@ -70,9 +77,12 @@ def _env() -> BenchEnv:
     if dtype not in DTYPES:
         raise pytest.UsageError(f"FUXI_BENCH_DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
     threads = os.environ.get("FUXI_BENCH_THREADS")
+    compile_ = os.environ.get("FUXI_BENCH_COMPILE", "auto")
+    if compile_ not in COMPILE_CHOICES:
+        raise pytest.UsageError(f"FUXI_BENCH_COMPILE must be one of {', '.join(COMPILE_CHOICES)}, got {compile_!r}")
     return BenchEnv(device=device, seq_lens=seq_lens, batch_size=batch, dtype=dtype,
                     model=dict(PAPER_MODEL if scale == "paper" else CPU_MODEL),
-                    threads=int(threads) if threads else None)
+                    threads=int(threads) if threads else None, compile=compile_)
 
 
 ENV = _env()
@@ -92,7 +102,8 @@ def pytest_generate_tests(metafunc):
 
 def pytest_report_header(config):
     return (f"fuxi-linear benchmarks: device {ENV.device} | T {','.join(map(str, ENV.seq_lens))} | "
-            f"B {ENV.batch_size} | dtype {ENV.dtype} | model {ENV.model} | torch threads {torch.get_num_threads()}")
+            f"B {ENV.batch_size} | dtype {ENV.dtype} | model {ENV.model} | torch threads {torch.get_num_threads()} | "
+            f"compile {ENV.compile} (model suite)")
 
 
 @pytest.fixture(scope="session")

@@ -263,7 +263,7 @@ def _versus_fuxi_alpha_rows(device: torch.device, dry_run: bool, log) -> List[Ro
     scale = dict(embedding_dim=32, num_blocks=1, num_heads=2, qk_dim=8) if dry_run else \
         dict(embedding_dim=128, num_blocks=4, num_heads=4, qk_dim=32)
     settings = BenchSettings(device=str(device), seq_lens=[T], batch_size=B, models=["fuxi-linear", "fuxi-alpha"],
-                             warmup=1, repeats=1, decode_repeats=2 if dry_run else 20, progress=False,
+                             compile="off", warmup=1, repeats=1, decode_repeats=2 if dry_run else 20, progress=False,
                              **scale).resolve()
     models = build_bench_models(settings)
     inputs = make_inputs(B, T, settings.num_items, 0, device)

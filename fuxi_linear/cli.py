@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from .acceleration import PRECISIONS
 from .bench.demo import DemoSettings
-from .bench.settings import (BENCH_MODELS, COMPILE_STEP_CHOICES, CPU_DEFAULTS, CPU_SEQ_LENS, GPU_DECODE_USERS,
+from .bench.settings import (BENCH_MODELS, COMPILE_CHOICES, CPU_DEFAULTS, CPU_SEQ_LENS, GPU_DECODE_USERS,
                              GPU_DEFAULTS, GPU_SEQ_LENS, BenchSettings, parse_models, parse_seq_lens)
 from .data import DATASET_NAMES
 from .registry import MODEL_NAMES
@@ -177,9 +177,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="FuXi-Linear's operator backend (auto: Triton on CUDA)")
     p.add_argument("--threads", type=int, help="CPU only: torch threads for the run (default: torch's; 1 is "
                    "the steadiest on a shared, oversubscribed machine)")
-    p.add_argument("--compile-step", default="auto", choices=COMPILE_STEP_CHOICES,
-                   help="FuXi-Linear's CPU decode step through torch.compile (model.compile_step(); auto: on for a "
-                   "CPU, off on CUDA where the step is the fused kernel; the compile, tens of seconds, is untimed)")
+    p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
+                   help="every model's prefill and decode through torch.compile (on), or every model eager (off); "
+                   "auto (default): on for a CPU, off on CUDA (where FuXi-Linear's step is the fused Triton kernel). "
+                   "Compiling happens in untimed calls before the timing: tens of seconds per model and length on a "
+                   "small CPU the first time (inductor keeps the graphs on disk for later runs); a model whose "
+                   "compile fails is reported as failed, not timed eagerly")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--plot", help="write a Figure-2-style PNG here (needs matplotlib)")
@@ -196,7 +199,7 @@ def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
         decode_burst=args.decode_burst,
         backend=args.backend, threads=args.threads, progress=not args.no_progress,
         decode_users=parse_seq_lens(args.decode_users, "--decode-users") if args.decode_users is not None else None,
-        peak_gbs=args.peak_gbs, compile_step=args.compile_step,
+        peak_gbs=args.peak_gbs, compile=args.compile,
     )
 
 
@@ -215,6 +218,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, help="CPU torch threads for the demo (default: torch's; 1 is faster on "
                    "a shared, oversubscribed machine)")
+    p.add_argument("--compile", default=d.compile, choices=COMPILE_CHOICES,
+                   help=f"the benchmark's regime, as for bench (default {d.compile}: every model eager; the "
+                   "compiled regime compiles 4 models at 7 lengths first, about ten minutes on 2 cores the first "
+                   "time, far over the demo's two; fuxi-linear bench times both regimes)")
     p.add_argument("--no-bench", action="store_true", help="skip the speed benchmark")
     p.add_argument("--no-progress", action="store_true")
 
@@ -226,7 +233,8 @@ def run_demo_command(args: argparse.Namespace) -> Dict[str, Any]:
     if args.threads is not None:
         check_int("--threads", args.threads)
     return run_demo(DemoSettings(output=args.output, device=args.device, epochs=args.epochs, seed=args.seed,
-                                 threads=args.threads, bench=not args.no_bench, progress=not args.no_progress))
+                                 threads=args.threads, compile=args.compile, bench=not args.no_bench,
+                                 progress=not args.no_progress))
 
 
 #: subcommand -> (help, add its flags, run it)

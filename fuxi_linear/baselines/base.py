@@ -280,8 +280,7 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
         into a view of the cache (``keys[layer, rows, :, lengths] = k``, or an ``index_copy_`` into a flat
         view) is functionalised into copies of the whole cache per step (O(C) bytes moved for an O(1) write,
         slower than the eager step from T ~ 1000 on); this form is written in place."""
-        L, N, H, _, _ = window.keys.shape
-        index = _slot_index(window.lengths, layer, H)
+        index = _slot_index(window.lengths, layer, window.keys.shape[2])
         window.keys.index_put_(index, k)
         window.values.index_put_(index, v)
 

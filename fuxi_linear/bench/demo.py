@@ -21,7 +21,7 @@ import torch
 
 from ..utils import atomic_write_json
 from .plot import plot_results
-from .report import format_bytes, format_report, write_json
+from .report import format_bytes, format_report, row_label, write_json
 from .run import BenchResult, run_benchmark
 from .settings import BENCH_MODELS, BenchError, BenchSettings
 
@@ -56,10 +56,14 @@ class DemoSettings:
     bench_repeats: int = 5
     bench_decode_repeats: int = 15
     #: from this length on, every model is timed with ``bench_long_repeats`` prefill calls and no prefill warm-up: a
-    #: quadratic model's prefill takes seconds there (the whole demo stays around two minutes on 2 cores)
+    #: quadratic model's prefill takes seconds there (the whole demo stays around two minutes on 2 cores). Three
+    #: calls, the fewest whose spread can be judged (a noisy row is flagged and left out of the reading).
     bench_long_from: int = 1024
-    bench_long_repeats: int = 1
-    bench_long_decode_repeats: int = 5
+    bench_long_repeats: int = 3
+    bench_long_decode_repeats: int = 6
+    #: the benchmark's regime (``--compile``): "off" = every model eager. The compiled regime compiles every
+    #: model's prefill at each of the 7 lengths first (about ten minutes on 2 cores the first time).
+    compile: str = "off"
     #: CPU torch threads for the whole demo (None = torch's setting). 1 avoids OpenMP stalls when other
     #: processes share the cores, which make small ops slower with 2+ threads than with 1.
     threads: Optional[int] = None
@@ -125,7 +129,9 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> Dict[str, A
             sentence = read_table(result.rows, result.settings.models, result.settings.seq_lens)
             log(sentence)
             write_json(result, out / "bench.json")
-            summary["bench"] = {"machine": result.machine, "rows": result.rows, "reading": sentence}
+            summary["bench"] = {"machine": result.machine, "regime": result.settings.regime, "rows": result.rows,
+                                "reading": sentence, "noisy_rows": [row_label(r) for r in result.noisy_rows],
+                                "load_before": result.load_before, "load_after": result.load_after}
             try:
                 log(f"wrote {plot_results(result, out / 'bench.png')}")
             except BenchError as err:  # matplotlib is an optional extra
@@ -134,6 +140,9 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> Dict[str, A
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "demo.json", summary, indent=1)
         log(f"done in {summary['seconds']:.0f} s; wrote {out / 'demo.json'}")
+        if s.bench and summary["bench"]["noisy_rows"]:
+            log(f"warning: {len(summary['bench']['noisy_rows'])} benchmark rows were noisy (named in the warning under "
+                f"the table) and were left out of the reading; re-run on an idle machine to read them")
         return summary
     finally:
         torch.set_num_threads(threads_before)
@@ -144,7 +153,7 @@ def _bench_settings(s: DemoSettings) -> List[BenchSettings]:
     ``bench_long_from``) with ``bench_long_repeats`` and no prefill warm-up (decode always warms up once)."""
     lens = sorted(set(int(T) for T in s.bench_seq_lens))
     base = dict(device=s.device, batch_size=s.bench_batch_size, models=list(s.bench_models), seed=s.seed,
-                progress=s.progress)
+                progress=s.progress, compile=s.compile)
     base.update(s.extra_bench)
     groups = []
     short = [T for T in lens if T < s.bench_long_from]
@@ -163,7 +172,8 @@ def _bench_settings(s: DemoSettings) -> List[BenchSettings]:
 
 
 def _merge(results: Sequence[BenchResult]) -> BenchResult:
-    """One result from runs over disjoint lengths: the first run's settings (with every length) and machine."""
+    """One result from runs over disjoint lengths: the first run's settings (with every length) and machine,
+    the load before the first run and after the last."""
     first = results[0]
     if len(results) == 1:
         return first
@@ -174,7 +184,9 @@ def _merge(results: Sequence[BenchResult]) -> BenchResult:
     order = {m: i for i, m in enumerate(first.settings.models)}
     rows = sorted((row for r in results for row in r.rows),
                   key=lambda row: (order[row["model"]], row["stage"], row["seq_len"]))
-    return BenchResult(settings=settings, machine=first.machine, rows=rows, notes=notes)
+    return BenchResult(settings=settings, machine=first.machine, rows=rows, notes=notes,
+                       load_before=first.load_before, load_after=results[-1].load_after,
+                       compiles=[c for r in results for c in r.compiles])
 
 
 DISPLAY_NAMES = {"fuxi-linear": "FuXi-Linear", "hstu": "HSTU", "fuxi-alpha": "FuXi-α", "sasrec": "SASRec"}
@@ -182,15 +194,24 @@ DISPLAY_NAMES = {"fuxi-linear": "FuXi-Linear", "hstu": "HSTU", "fuxi-alpha": "Fu
 
 def read_table(rows: Sequence[Dict[str, Any]], models: Sequence[str], seq_lens: Sequence[int],
                stage: str = "prefill") -> str:
-    """One sentence that reads a benchmark table: for each baseline, the length from which FuXi-Linear's
-    ``stage`` is faster at every measured length (or that it is faster everywhere, or still behind at the
-    longest length), its speed-up at the longest length, and its decode state against the KV caches there.
+    """One sentence that reads a benchmark table: the regime of its figures, then for each baseline the length
+    from which FuXi-Linear's ``stage`` is faster at every measured length (or that it is faster everywhere, or
+    still behind at the longest length), its speed-up at the longest length, and its decode state against the
+    KV caches there.
+
+    Only steady rows are read: a row whose repeats were too spread out (``noisy`` True) or not judged
+    (``noisy`` None: too few repeats) is left out, and the sentence says how many were and which.
 
     ``rows`` are :func:`fuxi_linear.bench.run_benchmark` rows (``model``, ``stage``, ``seq_len``, ``ms``
-    (None when not measured), ``state_bytes_per_user``).
+    (None when not measured), ``noisy``, ``compiled``, ``state_bytes_per_user``).
     """
-    ms = {(r["model"], r["stage"], r["seq_len"]): r.get("ms") for r in rows}
+    timed = [r for r in rows if r["stage"] == stage and r.get("ms") is not None and r["seq_len"] in seq_lens]
+    dropped = [r for r in timed if r.get("noisy") is not False]
+    ms = {(r["model"], r["stage"], r["seq_len"]): r["ms"] for r in timed if r.get("noisy") is False}
     nbytes = {(r["model"], r["seq_len"]): r.get("state_bytes_per_user") for r in rows if r["stage"] == "prefill"}
+    regimes = {bool(r.get("compiled")) for r in timed}
+    regime = ("every model eager" if regimes == {False} else "every model compiled" if regimes == {True} else
+              "mixed regimes")
     lens = sorted(seq_lens)
     phrases = []
     for b in (m for m in models if m != "fuxi-linear"):
@@ -208,11 +229,16 @@ def read_table(rows: Sequence[Dict[str, Any]], models: Sequence[str], seq_lens: 
             start -= 1
         where = "at every length" if start == 0 else f"from T={pairs[start][0]}"
         phrases.append(f"beats {name} {where} ({theirs / ours:.1f}× at T={T_last})")
+    intro = f"Reading the table ({regime}"
+    if dropped:
+        intro += (f"; {len(dropped)} {stage} row{'s' if len(dropped) != 1 else ''} left out as too noisy to read: "
+                  + ", ".join(f"{r['model']} T={r['seq_len']}" for r in dropped))
+    intro += ")"
     if not phrases:
-        return "Reading the table: no baseline was measured next to FuXi-Linear."
+        return intro + ": no baseline was measured next to FuXi-Linear in steady rows."
     if len(phrases) > 1:
         phrases[-1] = "and " + phrases[-1]
-    sentence = f"Reading the table: FuXi-Linear's {stage} " + (", " if len(phrases) > 2 else " ").join(phrases)
+    sentence = f"{intro}: FuXi-Linear's {stage} " + (", " if len(phrases) > 2 else " ").join(phrases)
     T_max = lens[-1]
     ours_state = nbytes.get(("fuxi-linear", T_max))
     caches = [nbytes.get((b, T_max)) for b in models if b != "fuxi-linear"]

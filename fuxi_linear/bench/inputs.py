@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -55,32 +55,27 @@ def make_inputs(batch_size: int, seq_len: int, num_items: int = BENCH_NUM_ITEMS,
 
 
 def build_bench_models(s: BenchSettings) -> Dict[str, torch.nn.Module]:
-    """Each model of ``s.models`` in eval mode, on ``s.device`` in ``s.dtype`` (same seed for each); FuXi-Linear
-    with its compiled decode step when ``s.compile_step == "on"``."""
+    """Each model of ``s.models`` in eval mode, on ``s.device`` in ``s.dtype`` (same seed for each); in the
+    compiled regime (``s.compile == "on"``) every model's decode step compiled (``model.compile_step()``: its
+    first step compiles). Prefill is compiled by the run itself (:class:`fuxi_linear.bench.compile.CompiledPrefill`)."""
     models = {}
     for name in s.models:
         torch.manual_seed(s.seed)
         models[name] = build_model(name, **model_kwargs(name, s)).eval().to(device=s.torch_device,
                                                                              dtype=s.torch_dtype)
-    if s.compile_step == "on" and "fuxi-linear" in models:
-        models["fuxi-linear"].compile_step()
+        if s.compile == "on":
+            models[name].compile_step()
     return models
 
 
-def decode_step_kind(model: torch.nn.Module) -> Optional[str]:
-    """``"compiled"`` / ``"eager"`` for FuXi-Linear (eager also once compiling has failed), None for the
-    KV-cache baselines."""
-    if not hasattr(model, "compile_step"):
-        return None
-    compiled = model.compiled_step
-    return "compiled" if compiled is not None and compiled.active else "eager"
-
-
-def prefill_call(model: torch.nn.Module, inputs: BenchInputs, capacity: Optional[int] = None):
-    """``model.prefill(history)``; the KV-cache baselines preallocate ``capacity`` event slots."""
+def prefill_call(model: torch.nn.Module, inputs: BenchInputs, capacity: Optional[int] = None,
+                 prefill: Optional[Callable] = None):
+    """``model.prefill(history)`` (or ``prefill(history)``: the same method compiled); the KV-cache baselines
+    preallocate ``capacity`` event slots."""
+    fn = model.prefill if prefill is None else prefill
     if capacity is not None and "capacity" in inspect.signature(model.prefill).parameters:  # KV-cache baselines
-        return model.prefill(*inputs.history, capacity=capacity)
-    return model.prefill(*inputs.history)
+        return fn(*inputs.history, capacity=capacity)
+    return fn(*inputs.history)
 
 
 def decode_call(model: torch.nn.Module, state, inputs: BenchInputs):

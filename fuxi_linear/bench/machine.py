@@ -1,10 +1,12 @@
-"""The machine a benchmark runs on: device name, library versions, threads and load, and the datasheet memory
-bandwidth of known GPUs (the reference of the decode "% of peak")."""
+"""The machine a benchmark runs on: device name, library versions, threads and load (:func:`load_snapshot`:
+the load average and how many CPUs other processes keep busy), and the datasheet memory bandwidth of known
+GPUs (the reference of the decode "% of peak")."""
 from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Dict, Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -57,6 +59,60 @@ def machine_info(device: torch.device, dtype: str) -> Dict[str, Any]:
         load = None
     return {"device": device.type, "device_name": name, "torch": torch.__version__, "triton": triton_version,
             "dtype": dtype, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average": load}
+
+
+def _cpu_jiffies() -> Optional[Tuple[int, int]]:
+    """``(busy, total)`` clock ticks of all CPUs since boot, from ``/proc/stat`` (None off Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])  # user nice system idle iowait irq softirq steal
+
+
+def _own_jiffies() -> Optional[int]:
+    """User + system clock ticks of this process (all its threads) since it started."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def load_snapshot(sample_s: float = 0.5) -> Dict[str, Any]:
+    """The machine's load now: ``load_average`` (1, 5, 15 minutes) and ``busy_cpus``, the CPUs' worth of time
+    that OTHER processes used during a ``sample_s`` pause of this one (from ``/proc/stat`` minus this process's
+    own ticks; None where ``/proc`` is missing). On an idle machine ``busy_cpus`` is close to 0; a benchmark
+    sharing its cores with a busy neighbour sees 1 or more."""
+    try:
+        load: Optional[List[float]] = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    busy = None
+    start, own_start = _cpu_jiffies(), _own_jiffies()
+    if start is not None and own_start is not None:
+        time.sleep(sample_s)
+        end, own_end = _cpu_jiffies(), _own_jiffies()
+        if end is not None and own_end is not None and end[1] > start[1]:
+            cpus = os.cpu_count() or 1
+            other = max(0, (end[0] - start[0]) - (own_end - own_start))
+            busy = round(cpus * other / (end[1] - start[1]), 2)
+    return {"load_average": load, "busy_cpus": busy}
+
+
+def load_text(snapshot: Optional[Dict[str, Any]]) -> str:
+    """``"load average 1.02, 0.95 CPUs busy with other processes"`` (what is known of it)."""
+    if not snapshot:
+        return "not recorded"
+    parts = []
+    if snapshot.get("load_average"):
+        parts.append(f"load average {snapshot['load_average'][0]:.2f}")
+    if snapshot.get("busy_cpus") is not None:
+        parts.append(f"{snapshot['busy_cpus']:.2f} CPUs busy with other processes")
+    return ", ".join(parts) or "not available on this system"
 
 
 def machine_line(info: Dict[str, Any]) -> str:

@@ -24,23 +24,40 @@ def require_matplotlib():
 
 
 def plot_results(result: BenchResult, path: str | os.PathLike) -> Path:
-    """Figure-2-style PNG: ms per batch vs history length, log-log, prefill and decode panels."""
+    """Figure-2-style PNG: ms per batch vs history length, log-log, prefill and decode panels. Each point is a
+    row's median with its interquartile range as an error bar; a noisy row's point is drawn hollow (its
+    spread too large to read it as a speed)."""
     plt = require_matplotlib()
-    from matplotlib.ticker import NullLocator
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     s = result.settings
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     styles = {"fuxi-linear": dict(color="tab:red", marker="o", linewidth=2.2),
               "hstu": dict(color="tab:blue", marker="s"), "fuxi-alpha": dict(color="tab:green", marker="^"),
               "sasrec": dict(color="tab:purple", marker="D")}
+    any_noisy = False
     for ax, stage in zip(axes, STAGES):
         for m in s.models:
-            pts = [(T, result.ms(m, stage, T)) for T in s.seq_lens]
-            pts = [(T, ms) for T, ms in pts if ms is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=m, **styles.get(m, {}))
+            rows = [result.row(m, stage, T) for T in s.seq_lens]
+            rows = [r for r in rows if r and r.get("ms") is not None]
+            if not rows:
+                continue
+            style = styles.get(m, {})
+            x, y = [r["seq_len"] for r in rows], [r["ms"] for r in rows]
+            low = [r["ms"] - r.get("ms_q25", r["ms"]) for r in rows]
+            high = [r.get("ms_q75", r["ms"]) - r["ms"] for r in rows]
+            ax.errorbar(x, y, yerr=[low, high], label=m, capsize=3, **style)
+            noisy = [r for r in rows if r.get("noisy")]
+            if noisy:  # hollow markers over the filled ones
+                any_noisy = True
+                ax.plot([r["seq_len"] for r in noisy], [r["ms"] for r in noisy], linestyle="none",
+                        marker=style.get("marker", "o"), markersize=9, markerfacecolor="white",
+                        markeredgecolor=style.get("color", "black"), markeredgewidth=1.5)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.set_xticks(list(s.seq_lens), [str(T) for T in s.seq_lens])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("history length T (events)")
@@ -49,8 +66,10 @@ def plot_results(result: BenchResult, path: str | os.PathLike) -> Path:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     info = result.machine
+    regime = "every model compiled" if s.compiled else "every model eager"
     fig.suptitle(f"{info['device']}: {info['device_name']} | {s.dtype} | {s.num_blocks} blocks D={s.embedding_dim} "
-                 f"H={s.num_heads} dqk={s.qk_dim}", fontsize=9)
+                 f"H={s.num_heads} dqk={s.qk_dim} | {regime} | median, bars: interquartile range"
+                 + (" | hollow: noisy row" if any_noisy else ""), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

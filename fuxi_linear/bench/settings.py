@@ -18,7 +18,9 @@ STAGES: Tuple[str, ...] = ("prefill", "decode")
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 GPU_SEQ_LENS: Tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
-CPU_SEQ_LENS: Tuple[int, ...] = (64, 128, 256, 512)
+#: CPU default lengths: the short ones where per-call overhead decides, and 2048 (about 2.5 s per quadratic
+#: prefill at the CPU default model) where the quadratic models' cost shows.
+CPU_SEQ_LENS: Tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
 #: Users per step of the decode-throughput sweep (FuXi-Linear alone): the GPU default; none by default on a CPU.
 GPU_DECODE_USERS: Tuple[int, ...] = (64, 4096, 32768)
 #: History length behind the states of the throughput sweep (a decode step is O(1) in it).
@@ -34,9 +36,10 @@ CPU_MODEL = dict(embedding_dim=64, num_blocks=2, num_heads=4, qk_dim=16)
 GPU_DEFAULTS = dict(batch_size=32, warmup=3, repeats=10, decode_repeats=50, decode_burst=1)
 CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=5, decode_repeats=15, decode_burst=4)
 
-#: ``--compile-step`` values: ``auto`` = the compiled decode step on a CPU (``FuXiLinear.compile_step``), eager on CUDA
-#: (where the step is the fused Triton kernel and compiling does not apply).
-COMPILE_STEP_CHOICES: Tuple[str, ...] = ("auto", "on", "off")
+#: ``--compile`` values, for every model's prefill and decode alike (:mod:`fuxi_linear.bench.compile`): ``on`` =
+#: all compiled, ``off`` = all eager, ``auto`` = compiled on a CPU and eager on CUDA (where FuXi-Linear's step
+#: is the fused Triton kernel, which ``torch.compile`` does not apply to).
+COMPILE_CHOICES: Tuple[str, ...] = ("auto", "on", "off")
 
 #: Catalogue size of the synthetic inputs (item ids only index the embedding table: it does not affect speed).
 BENCH_NUM_ITEMS = 10_000
@@ -135,7 +138,7 @@ class BenchSettings:
     decode_users: Optional[Sequence[int]] = None  # N of the decode-throughput sweep (None: the device's default)
     peak_gbs: Optional[float] = None  # memory bandwidth for "% of peak" (None: nominal_peak_gbs of the GPU)
     threads: Optional[int] = None  # CPU: torch threads for the run (None = leave torch's setting)
-    compile_step: str = "auto"  # FuXi-Linear's CPU decode step compiled (see COMPILE_STEP_CHOICES); resolved: on/off
+    compile: str = "auto"  # every model's prefill and decode compiled (see COMPILE_CHOICES); resolved: "on"/"off"
     progress: bool = True
     notes: List[str] = field(default_factory=list)
 
@@ -177,16 +180,13 @@ class BenchSettings:
                 "CPU default model: {num_blocks} blocks, D={embedding_dim}, H={num_heads}, dqk={qk_dim} (smaller than "
                 "the paper's 4 blocks, D=128, H=4, dqk=32; pass --embedding-dim/--num-blocks/--num-heads/--qk-dim "
                 "to change it)".format(**{k: getattr(out, k) for k in scale}))
-        if self.compile_step not in COMPILE_STEP_CHOICES:
-            raise BenchError(f"--compile-step must be one of {', '.join(COMPILE_STEP_CHOICES)}, "
-                             f"got {self.compile_step!r}")
-        if gpu and self.compile_step == "on":
-            out.notes.append(f"--compile-step on ignored on {device.type} (the step there is the fused Triton kernel)")
-        out.compile_step = "on" if not gpu and self.compile_step != "off" and "fuxi-linear" in models else "off"
-        if out.compile_step == "on":
-            out.notes.append("FuXi-Linear decode on the CPU: the compiled step (model.compile_step(): one inductor "
-                             "graph, compiled by an untimed step before timing; --compile-step off times the eager "
-                             "step)")
+        if self.compile not in COMPILE_CHOICES:
+            raise BenchError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if gpu and self.compile == "on":
+            raise BenchError(f"--compile on applies to CPU runs only: on {device.type} FuXi-Linear's decode step is "
+                             f"the fused Triton kernel, which torch.compile does not apply to, so the models could not "
+                             f"all be timed in one regime (use --compile off or auto)")
+        out.compile = "on" if not gpu and self.compile != "off" else "off"
         if out.threads is not None:
             _check_int("--threads", out.threads)
         if out.threads is not None and gpu:
@@ -204,6 +204,19 @@ class BenchSettings:
         return out
 
     @property
+    def compiled(self) -> bool:
+        """Whether every model runs compiled (resolved settings)."""
+        return self.compile == "on"
+
+    @property
+    def regime(self) -> str:
+        """One line naming how every model runs (resolved settings)."""
+        if self.compiled:
+            return ("every model compiled (torch.compile, inductor: prefill one graph per length, decode one graph "
+                    "per model for every length; compiled in untimed calls before the timing)")
+        return "every model eager (no torch.compile)"
+
+    @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device)
 
@@ -214,7 +227,7 @@ class BenchSettings:
     @property
     def steps_per_state(self) -> int:
         """Decode steps a prefilled state/cache must have room for (every warm-up and timed call, also the
-        untimed first call of each burst and one priming step)."""
+        untimed first call of each burst and one compiling step)."""
         return (self.decode_warmup + timed_rounds(self.decode_repeats, self.decode_burst)) * self.decode_burst + 1
 
     @property

@@ -1,12 +1,25 @@
-"""Timing of calls: CUDA events on a GPU, ``time.perf_counter`` on a CPU, warm-up excluded, several functions
-timed round-robin so a drifting load hits them alike; out-of-memory is caught and reported, not fatal."""
+"""Timing of calls: CUDA events on a GPU, a host clock (``time.perf_counter``) on a CPU, warm-up excluded,
+several functions timed round-robin so a drifting load hits them alike; out-of-memory is caught and reported,
+not fatal. :func:`spread` summarises the repeats of a row (min, median, interquartile range) and says whether
+they are too spread out to be read (:data:`NOISY_IQR_OVER_MEDIAN`, :data:`NOISY_MEDIAN_OVER_MIN`)."""
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+#: A host clock in seconds (``time.perf_counter``; a test passes a stub with known ticks).
+Clock = Callable[[], float]
+
+#: A row is noisy when the interquartile range of its repeats exceeds this fraction of their median ...
+NOISY_IQR_OVER_MEDIAN = 0.25
+#: ... or when its median exceeds its fastest call by this factor (calls slowed down by something else).
+NOISY_MEDIAN_OVER_MIN = 2.0
+#: Fewer timed calls than this give no spread to judge (the row's ``noisy`` is None).
+MIN_REPEATS_FOR_SPREAD = 3
 
 
 def _sync(device: torch.device) -> None:
@@ -14,8 +27,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn: Callable[..., Any], args: Tuple, device: torch.device) -> float:
-    """Milliseconds of one call: CUDA events after a device synchronisation, or ``time.perf_counter``."""
+def _time_once(fn: Callable[..., Any], args: Tuple, device: torch.device, clock: Clock) -> float:
+    """Milliseconds of one call: CUDA events after a device synchronisation, or ``clock`` around the call."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
@@ -24,25 +37,26 @@ def _time_once(fn: Callable[..., Any], args: Tuple, device: torch.device) -> flo
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn(*args)
-    return (time.perf_counter() - t0) * 1e3
+    return (clock() - t0) * 1e3
 
 
 def time_call(fn: Callable[..., Any], device: torch.device | str, warmup: int, repeats: int,
-              setup: Optional[Callable[[], Tuple]] = None) -> List[float]:
+              setup: Optional[Callable[[], Tuple]] = None, clock: Clock = time.perf_counter) -> List[float]:
     """Milliseconds of ``repeats`` calls ``fn(*setup())`` after ``warmup`` untimed ones.
 
     ``setup`` (e.g. cloning a decode state) runs before each call, outside the timed region. On CUDA each
-    call is bracketed by CUDA events after a device synchronisation; on a CPU by ``time.perf_counter``.
+    call is bracketed by CUDA events after a device synchronisation; on a CPU by ``clock``.
     """
-    times, _ = time_interleaved({"fn": (fn, setup)}, device, warmup, repeats, catch_oom=False)
+    times, _ = time_interleaved({"fn": (fn, setup)}, device, warmup, repeats, catch_oom=False, clock=clock)
     return times["fn"]
 
 
 def time_interleaved(calls: Dict[str, Tuple[Callable[..., Any], Optional[Callable[[], Tuple]]]],
                      device: torch.device | str, warmup: int, repeats: int, catch_oom: bool = True,
-                     burst: int = 1) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
+                     burst: int = 1, clock: Clock = time.perf_counter
+                     ) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
     """Time several ``name -> (fn, setup)`` round-robin: warm-up rounds, then rounds in which each function is
     called ``burst`` times in a row (``fn(*setup())``, setup untimed), until each has ``repeats`` timed calls.
     Interleaving exposes every function to the same drift of a shared machine, so their ratios stay
@@ -67,7 +81,7 @@ def time_interleaved(calls: Dict[str, Tuple[Callable[..., Any], Optional[Callabl
                     try:
                         args = setup() if setup is not None else ()
                         if phase == "timed" and (i > 0 or burst == 1):
-                            times[name].append(_time_once(fn, args, device))
+                            times[name].append(_time_once(fn, args, device, clock))
                         else:
                             fn(*args)
                             _sync(device)
@@ -109,3 +123,27 @@ def quantile(values: Sequence[float], q: float) -> float:
     pos = q * (len(ordered) - 1)
     lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def spread(times: Sequence[float]) -> Dict[str, Any]:
+    """The fields of a row that describe its repeats (milliseconds): ``ms`` (the median, what tables show),
+    ``ms_min``, ``ms_q25``, ``ms_q75``, ``ms_iqr``, ``repeats``, and ``noisy`` with the reason in ``noise``.
+
+    ``noisy`` is True when the interquartile range exceeds :data:`NOISY_IQR_OVER_MEDIAN` of the median or the
+    median exceeds :data:`NOISY_MEDIAN_OVER_MIN` times the fastest call (something else slowed the calls
+    down: a busy machine, a compile, a page-fault storm); None when there are fewer than
+    :data:`MIN_REPEATS_FOR_SPREAD` calls to judge.
+    """
+    if not times:
+        raise ValueError("spread of no timed calls")
+    median, q25, q75 = statistics.median(times), quantile(times, 0.25), quantile(times, 0.75)
+    low = min(times)
+    row: Dict[str, Any] = dict(ms=median, ms_min=low, ms_q25=q25, ms_q75=q75, ms_iqr=q75 - q25, repeats=len(times))
+    if len(times) < MIN_REPEATS_FOR_SPREAD:
+        return dict(row, noisy=None, noise=f"{len(times)} timed call(s): too few to judge the spread")
+    reasons = []
+    if q75 - q25 > NOISY_IQR_OVER_MEDIAN * median:
+        reasons.append(f"IQR/median {(q75 - q25) / median:.2f} > {NOISY_IQR_OVER_MEDIAN}")
+    if median > NOISY_MEDIAN_OVER_MIN * low:
+        reasons.append(f"median/min {median / low:.1f} > {NOISY_MEDIAN_OVER_MIN:g}")
+    return dict(row, noisy=bool(reasons), noise="; ".join(reasons) or None)
