@@ -212,8 +212,9 @@ class BenchSettings:
     def regime(self) -> str:
         """One line naming how every model runs (resolved settings)."""
         if self.compiled:
-            return ("every model compiled (torch.compile, inductor: prefill one graph per length, decode one graph "
-                    "per model for every length; compiled in untimed calls before the timing)")
+            return ("every model compiled (torch.compile, inductor: prefill compiled for each length, its input "
+                    "checks eager; decode one graph per model for every length; compiled in untimed calls before "
+                    "the timing)")
         return "every model eager (no torch.compile)"
 
     @property
