@@ -208,10 +208,11 @@ def test_compile_setting_follows_the_device(monkeypatch):
 class _StandInCompiler:
     """``torch.compile`` replaced by a function that compiles nothing: the returned callable logs its calls
     (which model, which stage) and runs the function eagerly; ``fail`` names the (model, stage) whose compiled
-    callable raises like a missing C++ compiler, from its ``fail_from``-th call on."""
+    callable raises like a missing C++ compiler, from its ``fail_from``-th call on; ``wrong`` those whose
+    compiled callable returns wrong user vectors (a miscompile)."""
 
-    def __init__(self, log, fail=(), fail_from=1):
-        self.log, self.fail, self.fail_from = log, set(fail), fail_from
+    def __init__(self, log, fail=(), fail_from=1, wrong=()):
+        self.log, self.fail, self.fail_from, self.wrong = log, set(fail), fail_from, set(wrong)
 
     def __call__(self, fn, **kwargs):
         owner = getattr(fn, "__self__", None)
@@ -226,7 +227,10 @@ class _StandInCompiler:
                 from torch._dynamo.exc import TorchDynamoException
 
                 raise TorchDynamoException("InvalidCxxCompiler: no working C++ compiler found")
-            return fn(*args, **kw)
+            out = fn(*args, **kw)
+            if (name, stage) in self.wrong:  # a miscompile: the user vectors off by 0.5
+                return (out[0] + 0.5, *out[1:]) if isinstance(out, tuple) else out + 0.5
+            return out
 
         return compiled
 
@@ -322,6 +326,18 @@ def test_a_failed_compile_is_reported_and_never_timed_eagerly(monkeypatch):
     assert "hstu decode: compiling failed at T=8 (TorchDynamoException: InvalidCxxCompiler" in text
     assert ("sasrec", "prefill") not in {(e[1], e[2]) for e in log[log.index(("stage", "prefill", 16)):]
                                           if e[0] == "compiled"}  # not tried again at T=16
+
+
+def test_a_compiled_call_that_computes_something_else_is_a_failed_compile(monkeypatch):
+    log = []
+    monkeypatch.setattr(torch, "compile", _StandInCompiler(log, wrong={("fuxi-alpha", "prefill"),
+                                                                       ("fuxi-linear", "decode")}))
+    result = _logged_run(monkeypatch, log, models=["fuxi-linear", "fuxi-alpha"])
+    for model, stage in [("fuxi-alpha", "prefill"), ("fuxi-linear", "decode")]:
+        row = result.row(model, stage, 8)
+        assert row["ms"] is None
+        assert row["status"] == "compile failed: output tensor 0 differs from the eager call's by up to 0.5"
+    assert result.row("fuxi-linear", "prefill", 16)["ms"] > 0 and result.row("fuxi-alpha", "decode", 16)["ms"] > 0
 
 
 def test_a_compile_failing_inside_the_timing_drops_the_row(monkeypatch):

@@ -12,6 +12,7 @@ no time, and is not timed eagerly instead.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -19,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..utils import progress
-from .compile import CompiledPrefill, compile_config, graphs_compiled, prime, step_compile_failure
+from .compile import (CompiledPrefill, compile_config, disagreement, graphs_compiled, prime,
+                      step_compile_failure)
 from .inputs import BenchInputs, build_bench_models, decode_call, make_inputs, prefill_call
 from .machine import load_snapshot, machine_info, nominal_peak_gbs
 from .plot import plot_results, require_matplotlib
@@ -82,6 +84,13 @@ class _Run:
     say: Callable[[str], None]
     gone: Dict[Tuple[str, str], str] = field(default_factory=dict)  # (model, stage) -> status of its later rows
     compiles: List[Dict[str, Any]] = field(default_factory=list)
+    _eager: Dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    def eager_model(self, name: str) -> torch.nn.Module:
+        """A copy of model ``name`` that steps eagerly (the reference a compiled step is checked against)."""
+        if name not in self._eager:
+            self._eager[name] = copy.deepcopy(self.models[name]).compile_step(False)
+        return self._eager[name]
 
     @property
     def device(self) -> torch.device:
@@ -110,21 +119,29 @@ class _Run:
         return self.untimed_row(name, stage, T, "out of memory")
 
     def compile_first(self, names: List[str], stage: str, T: int, call: Callable[[str], Any],
-                      rows: List[Row]) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
-        """Compiled regime: one untimed ``call(name)`` per model compiles what the timed calls will run.
-        Returns the models that compiled and, per model, the fields its row gets (``compile_s``,
-        ``graphs_compiled``); a failure (or out of memory) gets its row here and the model leaves the stage."""
+                      eager_call: Callable[[str], Any], rows: List[Row]) -> Tuple[List[str], Dict[str, Row]]:
+        """Compiled regime: one untimed ``call(name)`` per model compiles what the timed calls will run, and
+        its output is compared with ``eager_call(name)``'s (the same call, uncompiled). Returns the models
+        that compiled and, per model, the fields its row gets (``compile_s``, ``graphs_compiled``); a failure
+        (a compile error, a compiled call that computes something else, out of memory) gets its row here and
+        the model leaves the stage."""
         if not self.s.compiled:
             return names, {name: {} for name in names}
         ok, fields = [], {}
         for name in names:
+            out: Dict[str, Any] = {}
             try:
-                record = prime(lambda: call(name), self.models[name] if stage != "prefill" else None)
+                record = prime(lambda: out.setdefault("compiled", call(name)),
+                               self.models[name] if stage != "prefill" else None)
+                if record.failure is None:
+                    record.failure = disagreement(out["compiled"], eager_call(name))
             except Exception as err:  # noqa: BLE001 - only out-of-memory is caught
                 if not is_out_of_memory(err):
                     raise
                 rows.append(self.out_of_memory(name, stage, T))
                 continue
+            finally:
+                out.clear()
             self.compiles.append(dict(model=name, stage=stage, seq_len=T, seconds=round(record.seconds, 2),
                                       graphs=record.graphs, failure=record.failure))
             if record.failure is not None:
@@ -158,7 +175,8 @@ def prefill_stage(run: _Run, T: int, inputs: BenchInputs) -> Tuple[List[Row], Di
 
     1. Set-up: the same ``inputs`` for every model; the KV caches preallocate room for every decode step that
        follows (``capacity``).
-    2. Compiled regime: one untimed call per model compiles its graph for length T.
+    2. Compiled regime: one untimed call per model compiles its graph for length T; its output must agree
+       with an eager call's.
     3. Timing: ``warmup`` rounds, then ``repeats`` calls per model, the models round-robin; the output of the
        previous call is dropped before each call, outside the timed region.
     4. Rows: the spread of the repeats, and the decode memory per user of the state the last call built.
@@ -167,14 +185,16 @@ def prefill_stage(run: _Run, T: int, inputs: BenchInputs) -> Tuple[List[Row], Di
     capacity = T + s.steps_per_state + 1
     outputs: Dict[str, Any] = {}
 
-    def call(name: str) -> None:
+    def call(name: str) -> Any:
         outputs[name] = prefill_call(run.models[name], inputs, capacity, run.prefills[name])
+        return outputs[name]
 
     def drop_previous(name: str) -> tuple:
         outputs.pop(name, None)
         return ()
 
-    names, compiled = run.compile_first(run.timed_models("prefill", T, rows), "prefill", T, call, rows)
+    names, compiled = run.compile_first(run.timed_models("prefill", T, rows), "prefill", T, call,
+                                        lambda name: prefill_call(run.models[name], inputs, capacity), rows)
     graphs = graphs_compiled()
     times, failed = time_interleaved(
         {name: ((lambda name=name: call(name)), (lambda name=name: drop_previous(name))) for name in names},
@@ -203,7 +223,7 @@ def decode_stage(run: _Run, T: int, inputs: BenchInputs, states: Dict[str, Any])
     1. Set-up: every step (warm-up, compile and timed ones) gets a fresh clone of the prefilled state, cloned
        outside the timed region, so that each timed step is a step at exactly length T.
     2. Compiled regime: one untimed step per model compiles its graph (at the first length; later lengths
-       reuse it: ``graphs_compiled`` 0).
+       reuse it: ``graphs_compiled`` 0); its user vectors and advanced state must agree with an eager step's.
     3. Timing: at least one warm-up round, then ``decode_repeats`` steps per model in bursts of
        ``decode_burst`` steps per model and round, the first of each burst untimed, the models round-robin.
     4. Rows: the spread of the repeats; the decode memory per user; the bytes a step must move at least
@@ -216,7 +236,9 @@ def decode_stage(run: _Run, T: int, inputs: BenchInputs, states: Dict[str, Any])
     def step(name: str, state) -> Any:
         return decode_call(run.models[name], state, inputs)
 
-    names, compiled = run.compile_first(names, "decode", T, lambda name: step(name, states[name].clone()), rows)
+    names, compiled = run.compile_first(
+        names, "decode", T, lambda name: step(name, states[name].clone()),
+        lambda name: run.eager_model(name).step(states[name].clone(), *inputs.step), rows)
     graphs = graphs_compiled()
     times, failed = time_interleaved(
         {name: ((lambda state, name=name: step(name, state)), (lambda name=name: (states[name].clone(),)))
@@ -258,7 +280,9 @@ def throughput_stage(run: _Run, N: int) -> Row:
         state.position.fill_(T)
         inputs = make_inputs(N, 1, s.num_items, s.seed, run.device)
         ok, compiled = run.compile_first(["fuxi-linear"], "decode", T,
-                                         lambda name: decode_call(model, state.clone(), inputs), rows)
+                                         lambda name: decode_call(model, state.clone(), inputs),
+                                         lambda name: run.eager_model(name).step(state.clone(), *inputs.step),
+                                         rows)
         if not ok:
             return dict(rows[-1], stage="decode-throughput", batch_size=N)
         graphs = graphs_compiled()
