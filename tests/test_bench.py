@@ -64,8 +64,7 @@ def test_bench_writes_rows_table_and_plot(tmp_path, capsys):
     for r in rows:
         assert r["status"] == "ok" and r["batch_size"] == 2 and r["compiled"] is False
         assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["repeats"] == 3
-        assert 0 < r["ms_min"] <= r["ms_q25"] <= r["ms"] <= r["ms_q75"]
-        assert r["ms_iqr"] == pytest.approx(r["ms_q75"] - r["ms_q25"]) and isinstance(r["noisy"], bool)
+        assert 0 < r["ms_min"] <= r["ms_q25"] <= r["ms"] <= r["ms_q75"] and isinstance(r["noisy"], bool)
         assert r["busy_cpus_before"] is None or r["busy_cpus_before"] >= 0
     nbytes = {(r["model"], r["seq_len"]): r["state_bytes_per_user"] for r in rows}
     assert nbytes[("fuxi-linear", 8)] == nbytes[("fuxi-linear", 16)] == FL_STATE
