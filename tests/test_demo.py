@@ -56,7 +56,7 @@ def test_always_faster_and_missing_measurements():
         "sasrec": [9, 9, 9, 9, 9],
     }, state_bytes=512)
     s = read_table(rows, MODELS, LENS)
-    assert "beats HSTU at every length (2.0× at T=1024)" in s
+    assert "beats HSTU at every length read (2.0× at T=1024; 4 of 5 lengths read)" in s
     assert "and beats SASRec at every length (1.8× at T=1024)" in s
     assert "FuXi-α" not in s and "left out" not in s
     assert "decode state is 512 B per user" in s and "(2000× as much)" in s
@@ -73,12 +73,13 @@ def test_noisy_rows_are_left_out_of_the_reading_and_named():
                  noisy={("hstu", 512)})
     s = read_table(rows, ("fuxi-linear", "hstu"), LENS)
     assert s.startswith("Reading the table (every model eager; 1 prefill row left out as too noisy to read: hstu "
-                        "T=512): FuXi-Linear's prefill beats HSTU from T=128 (10.0× at T=1024)")
+                        "T=512): FuXi-Linear's prefill beats HSTU from T=128 (10.0× at T=1024; 4 of 5 lengths read)")
     rows = _rows({"fuxi-linear": [10, 12, 16, 24, 4000], "hstu": [5, 13, 30, 90, 400]}, state_bytes=512,
                  noisy={("fuxi-linear", 1024), ("hstu", 64)})
     s = read_table(rows, ("fuxi-linear", "hstu"), LENS)
     assert "2 prefill rows left out as too noisy to read: fuxi-linear T=1024, hstu T=64" in s
-    assert "beats HSTU at every length (3.8× at T=512)" in s  # T=1024 (noisy) and T=64 (noisy) not read
+    # T=1024 (noisy) and T=64 (noisy) not read: "every length" only of those read, and it says so
+    assert "beats HSTU at every length read (3.8× at T=512; 3 of 5 lengths read)" in s
 
 
 def test_long_lengths_get_their_own_run_with_fewer_repeats():
@@ -140,7 +141,8 @@ def test_demo_end_to_end_with_a_noisy_row(tmp_path, monkeypatch):
     reading = saved["bench"]["reading"]
     assert reading.startswith("Reading the table (every model eager; 1 prefill row left out as too noisy to read: "
                               "sasrec T=16): FuXi-Linear's prefill beats HSTU from T=16 (1.3× at T=16)")
-    assert "beats FuXi-α at every length (2.7× at T=16)" in reading and "behind SASRec at T=8 (0.67×)" in reading
+    assert "beats FuXi-α at every length (2.7× at T=16)" in reading
+    assert "behind SASRec at T=8 (0.67×; 1 of 2 lengths read)" in reading
     text = "\n".join(lines)
     assert "| ndcg@10 |" in text and "most popular" in text and "machine: cpu" in text and "× vs hstu" in text
     assert "WARNING: 1 of 16 timed rows are noisy" in text and reading in text

@@ -4,7 +4,9 @@
 2. evaluate it on the held-out test events (full ranking) next to the most-popular baseline;
 3. run a serving benchmark (prefill and decode of FuXi-Linear vs HSTU, FuXi-α and SASRec) at history lengths
    from 64 to 4096 events (:mod:`fuxi_linear.bench`), long enough to show where the linear model
-   overtakes the quadratic ones, and print one sentence that reads the table (:func:`read_table`).
+   overtakes the quadratic ones, every model eager by default (``compile="on"``: every model compiled), and
+   print one sentence that reads the table's steady rows (:func:`read_table`: noisy rows are left out and
+   named), then a warning when rows were noisy.
 
 Writes ``DIR/train/`` (checkpoint and metrics of the run), ``DIR/bench.json``, ``DIR/bench.png`` (when
 matplotlib is installed) and ``DIR/demo.json`` (the metrics of both recommenders, the benchmark rows and the
@@ -221,14 +223,15 @@ def read_table(rows: Sequence[Dict[str, Any]], models: Sequence[str], seq_lens: 
         if not pairs:
             continue
         T_last, ours, theirs = pairs[-1]
+        partial = f"; {len(pairs)} of {len(lens)} lengths read" if len(pairs) < len(lens) else ""
         if ours >= theirs:
-            phrases.append(f"is still behind {name} at T={T_last} ({theirs / ours:.2f}×)")
+            phrases.append(f"is still behind {name} at T={T_last} ({theirs / ours:.2f}×{partial})")
             continue
         start = len(pairs) - 1
         while start > 0 and pairs[start - 1][1] < pairs[start - 1][2]:
             start -= 1
-        where = "at every length" if start == 0 else f"from T={pairs[start][0]}"
-        phrases.append(f"beats {name} {where} ({theirs / ours:.1f}× at T={T_last})")
+        where = ("at every length" + (" read" if partial else "")) if start == 0 else f"from T={pairs[start][0]}"
+        phrases.append(f"beats {name} {where} ({theirs / ours:.1f}× at T={T_last}{partial})")
     intro = f"Reading the table ({regime}"
     if dropped:
         intro += (f"; {len(dropped)} {stage} row{'s' if len(dropped) != 1 else ''} left out as too noisy to read: "
