@@ -1,6 +1,7 @@
 """The Figure-2-style plot of a benchmark (ms vs history length, log-log; needs the optional matplotlib)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,11 @@ def require_matplotlib():
         raise BenchError("--plot needs matplotlib, which is not installed: pip install 'fuxi-linear[plot]' "
                          "(or pip install matplotlib)") from None
     return plt
+
+
+def _minor_label(value: float, _position) -> str:
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
 
 
 def plot_results(result: BenchResult, path: str | os.PathLike) -> Path:
@@ -55,9 +61,8 @@ def plot_results(result: BenchResult, path: str | os.PathLike) -> Path:
                         markeredgecolor=style.get("color", "black"), markeredgewidth=1.5)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))  # 2 and 5 of each decade, plain numbers
         ax.set_xticks(list(s.seq_lens), [str(T) for T in s.seq_lens])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("history length T (events)")
