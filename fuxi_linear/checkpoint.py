@@ -44,6 +44,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path} is not a fuxi-linear training checkpoint (cannot be read: {err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model_state" not in ckpt:
         raise ValueError(f"{path} is not a fuxi-linear training checkpoint")
+    if ckpt.get("model_name") == "fuxi-linear" and "ffn_multiply" not in ckpt.get("model_kwargs", {}):
+        # written before the FFN width was recorded, when FuXi-Linear's default was 4 (it is 1 now, as released)
+        ckpt["model_kwargs"] = dict(ckpt["model_kwargs"], ffn_multiply=4)
     return ckpt
 
 

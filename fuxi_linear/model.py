@@ -46,7 +46,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         self.temporal = TemporalEncoding(periods, c.learn_temporal_decay, c.temporal_max_log_decay)
         self.blocks = nn.ModuleList(
             FuXiLinearBlock(D, c.num_heads, c.qk_dim, c.ffn_hidden_dim, c.temporal_num_periods, c.positional_dim,
-                            c.positional_table_size, c.dropout)
+                            c.positional_table_size, c.dropout, c.temporal_skip)
             for _ in range(c.num_blocks)
         )
         self._step_cache = DerivedCache()  # step_operands

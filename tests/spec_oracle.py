@@ -98,7 +98,10 @@ def encode_one_user(sd, item_ids, ts, t_query):
         y_s = retention_loop(q, k, v, a_ret).reshape(n, D)
         vt = (xh @ sd[p + "_channel_t.proj_v.weight"].t()).reshape(n, 2 * Ht, D // (2 * Ht))
         ot = temporal_loop(vt, ts, t_query, periods, b)
-        y_t = (sd[p + "_channel_t.alpha"][:, None] * ot + sd[p + "_channel_t.beta"][:, None] * vt).reshape(n, D)
+        if p + "_channel_t.alpha" in sd:  # the skip connection (aug_current, SPEC §3), off in ML-20M (SPEC §10)
+            y_t = (sd[p + "_channel_t.alpha"][:, None] * ot + sd[p + "_channel_t.beta"][:, None] * vt).reshape(n, D)
+        else:
+            y_t = ot.reshape(n, D)
         vp = xh @ sd[p + "_channel_p._proj_p.weight"].t()
         op = positional_loop(vp, sd[p + "_channel_p._emb"])
         y_p = sd[p + "_channel_p._alpha"] * op + sd[p + "_channel_p._beta"] * vp
@@ -111,15 +114,18 @@ def encode_one_user(sd, item_ids, ts, t_query):
 
 
 def random_official_state_dict(num_items=30, D=32, H=2, dqk=8, num_layers=2, Ht=4, P=8, L=20, ffn_mult=2,
-                               learn_gamma=True, periods=None, seed=0):
-    """A released-format state dict with random (non-initial) weights, so every parameter matters."""
+                               learn_gamma=True, periods=None, seed=0, temporal_skip=True, chunked=True):
+    """A released-format state dict with random (non-initial) weights, so every parameter matters.
+
+    ``temporal_skip=False``: no ``_channel_t.alpha``/``beta`` (the released ML-20M configuration);
+    ``chunked=False``: a positional table of L + 11 rows instead of L + 11 rounded up to 128."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=0.3):
         return torch.randn(*shape, generator=g) * std
 
     periods = periods if periods is not None else [16 ** m for m in range(1, Ht + 1)]
-    Nmax = -(-(L + 11) // 128) * 128
+    Nmax = -(-(L + 11) // 128) * 128 if chunked else L + 11  # the released table without chunking: L + 11
     sd = {
         "_embedding_module._item_emb.weight": rnd(num_items + 1, D),
         "_input_features_preproc._pos_emb.weight": rnd(L + 11, D),
@@ -130,8 +136,9 @@ def random_official_state_dict(num_items=30, D=32, H=2, dqk=8, num_layers=2, Ht=
         sd[p + "_retention._gamma"] = rnd(H, std=1.0)
         sd[p + "_channel_t._gamma"] = rnd(Ht, std=1.0) if (learn_gamma and i == 0) else torch.zeros(1)
         sd[p + "_channel_t.proj_v.weight"] = rnd(D, D, std=0.2)
-        sd[p + "_channel_t.alpha"] = rnd(2 * Ht, std=0.5)
-        sd[p + "_channel_t.beta"] = 1 + rnd(2 * Ht, std=0.2)
+        if temporal_skip:
+            sd[p + "_channel_t.alpha"] = rnd(2 * Ht, std=0.5)
+            sd[p + "_channel_t.beta"] = 1 + rnd(2 * Ht, std=0.2)
         sd[p + "_channel_t._intervals"] = torch.tensor(periods, dtype=torch.int64)
         sd[p + "_channel_t._scale_factor"] = 2 * math.pi / torch.tensor(periods, dtype=torch.float64)
         sd[p + "_channel_p._emb"] = rnd(Nmax, P, std=0.5)

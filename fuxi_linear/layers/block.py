@@ -108,6 +108,7 @@ class FuXiLinearBlock(nn.Module):
         positional_dim: int,
         positional_table_size: int,
         dropout: float = 0.0,
+        temporal_skip: bool = True,
     ):
         super().__init__()
         if dim % num_heads:
@@ -115,7 +116,7 @@ class FuXiLinearBlock(nn.Module):
         self.dim, self.num_heads, self.qk_dim = dim, num_heads, qk_dim
         self.uvqk = nn.Parameter(torch.randn(dim, 3 * dim + 2 * num_heads * qk_dim + dim) * 0.02)  # (in, out)
         self.retention = RetentionChannel(num_heads)
-        self.temporal = TemporalRetentionChannel(dim, num_periods)
+        self.temporal = TemporalRetentionChannel(dim, num_periods, temporal_skip)
         self.positional = LinearPositionalChannel(dim, positional_dim, positional_table_size)
         self.ffn = MultiStageFFN(dim, ffn_hidden_dim, dropout)
 
@@ -179,8 +180,9 @@ class FuXiLinearBlock(nn.Module):
     def step_sources(self) -> Tuple[torch.Tensor, ...]:
         """The parameters :meth:`step_weights` derives from."""
         f, t, p = self.ffn, self.temporal, self.positional
-        return (self.uvqk, t.proj_v.weight, p.proj_p.weight, f.lin0.weight, f.lin1.weight, f.lin2.weight,
-                f.lin3.weight, self.retention.decay_logits, t.alpha, t.beta, p.alpha, p.beta, p.table)
+        sources = (self.uvqk, t.proj_v.weight, p.proj_p.weight, f.lin0.weight, f.lin1.weight, f.lin2.weight,
+                   f.lin3.weight, self.retention.decay_logits, t.alpha, t.beta, p.alpha, p.beta, p.table)
+        return tuple(s for s in sources if s is not None)  # no temporal alpha/beta without the skip connection
 
     def step_weights(self) -> StepWeights:
         """:class:`StepWeights` of this block's current weights (:meth:`step_sources`; cached with the other
@@ -192,10 +194,13 @@ class FuXiLinearBlock(nn.Module):
         g_gamma, d = self.retention.step_decay()
         d = d.to(w_in.dtype)
         per_column = lambda per_head, width: per_head.to(w_in.dtype).repeat_interleave(width)  # noqa: E731
-        gain = torch.cat([per_column(d, D // self.num_heads), per_column(t.alpha, D // t.num_heads),
+        # without the temporal skip connection its output is o itself: gain 1, skip 0
+        t_alpha = t.alpha if t.skip else w_in.new_ones(t.num_heads)
+        t_beta = t.beta if t.skip else w_in.new_zeros(t.num_heads)
+        gain = torch.cat([per_column(d, D // self.num_heads), per_column(t_alpha, D // t.num_heads),
                           per_column(p.alpha, D)])
         skip = torch.cat([torch.zeros_like(d).repeat_interleave(D // self.num_heads),
-                          per_column(t.beta, D // t.num_heads), per_column(p.beta, D)])
+                          per_column(t_beta, D // t.num_heads), per_column(p.beta, D)])
         ablation = torch.ones_like(gain)
         ablation[D:2 * D] = 0.0
         return StepWeights(w_in=w_in.contiguous(), w0=f.lin0.weight.t().contiguous(), w31=w31.contiguous(),

@@ -275,19 +275,25 @@ def _pair_outputs(query: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
 
 class TemporalRetentionChannel(nn.Module):
     """Per-block part of the temporal channel: values ``v = W_v LN(x)`` split into 2Ht heads, and the
-    augmented output ``y_h = alpha_h o_h + beta_h v_h``.
+    augmented output ``y_h = alpha_h o_h + beta_h v_h`` (``skip=True``, the released ``aug_current``) or
+    ``y_h = o_h`` (``skip=False``: no ``alpha``/``beta`` parameters, the released ML-20M configuration).
 
     Decode state: ``(N, 2Ht, 2, D / 2Ht)`` float32.
     """
 
-    def __init__(self, dim: int, num_periods: int):
+    def __init__(self, dim: int, num_periods: int, skip: bool = True):
         super().__init__()
         if dim % (2 * num_periods):
             raise ValueError(f"embedding_dim={dim} must be divisible by 2 * num_periods={2 * num_periods}")
         self.num_heads = 2 * num_periods
+        self.skip = bool(skip)
         self.proj_v = nn.Linear(dim, dim, bias=False)
-        self.alpha = nn.Parameter(torch.randn(self.num_heads) * 0.02)
-        self.beta = nn.Parameter(torch.ones(self.num_heads))
+        if self.skip:
+            self.alpha = nn.Parameter(torch.randn(self.num_heads) * 0.02)
+            self.beta = nn.Parameter(torch.ones(self.num_heads))
+        else:  # registered as None so that the attributes exist and the state dict has no entries for them
+            self.register_parameter("alpha", None)
+            self.register_parameter("beta", None)
 
     def zero_state(self, num_sequences: int, like: torch.Tensor) -> torch.Tensor:
         """An all-zero state ``(N, 2Ht, 2, D / 2Ht)`` float32 on ``like``'s device."""
@@ -298,7 +304,10 @@ class TemporalRetentionChannel(nn.Module):
         return F.linear(x_hat, self.proj_v.weight).unflatten(-1, (self.num_heads, -1))
 
     def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``alpha_h o_h + beta_h v_h`` for ``o, v (..., 2Ht, w)``, flattened to ``(..., D)``."""
+        """``alpha_h o_h + beta_h v_h`` (``o_h`` without the skip connection) for ``o, v (..., 2Ht, w)``, flattened
+        to ``(..., D)``."""
+        if not self.skip:
+            return o.flatten(-2)
         if o.dtype == v.dtype == self.alpha.dtype:
             # alpha, beta repeated over w: a CPU is several times slower at broadcasting a (2Ht, 1) weight
             alpha, beta = inference_cache(self, "augment", (self.alpha, self.beta), (v.shape[-1],), lambda: (
