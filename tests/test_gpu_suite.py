@@ -58,6 +58,8 @@ def test_dry_run_writes_rows_of_every_section(tmp_path):
     expected = {(c, d) for c in prefill.CHANNELS for d in ("fp32", "bf16")}
     assert {(r["channel"], r["dtype"]) for r in accuracy} == expected
     assert {r["decay"] for r in accuracy if r["channel"] == "temporal"} == {"mild", "strong"}
+    assert {(r["channel"], r["kernels"]) for r in accuracy} == {("retention", "general"), ("positional", "general"),
+                                                               ("temporal", "small-head")}
     assert all(r["meets_target"] for r in accuracy), [(r["channel"], r["dtype"], r["worst"]) for r in accuracy]
     timings = [r for r in sections["prefill"]["rows"] if r["impl"] == prefill.KERNELS]
     assert {(r["channel"], r["pass"]) for r in timings} == {(c, p) for c in prefill.CHANNELS for p in prefill.PASSES}
