@@ -13,6 +13,7 @@ from fuxi_linear.layers import (
     sinusoidal_table,
     temporal_periods,
 )
+from error_bounds import check_errors, max_abs
 from spec_oracle import positional_loop, retention_loop, temporal_loop
 
 F64 = torch.float64
@@ -32,7 +33,7 @@ def test_retention_channel_matches_loop():
         ch.decay_logits.copy_(torch.randn(3, dtype=F64))
     q, k, v = torch.randn(1, 11, 3, 4, dtype=F64), torch.randn(1, 11, 3, 4, dtype=F64), torch.randn(1, 11, 3, 5, dtype=F64)
     o, _ = ch(q, k, v)
-    assert (o[0] - retention_loop(q[0], k[0], v[0], ch.decay_logits.detach())).abs().max() < 1e-12
+    check_errors({"o": max_abs(o[0], retention_loop(q[0], k[0], v[0], ch.decay_logits.detach()))})
 
 
 def test_temporal_channel_matches_loop_with_ms_epoch_times():
@@ -53,7 +54,7 @@ def test_temporal_channel_matches_loop_with_ms_epoch_times():
     o = temporal_loop(vt, ts.tolist(), int(query), periods.tolist(), enc.decay_logits.detach().double())
     want = (ch.alpha[:, None] * o + ch.beta[:, None] * vt).flatten(-2)
     # the operands are float32 (phases and decays), so agreement is to float32 accuracy
-    assert (y[0] - want).abs().max() < 1e-5
+    check_errors({"y": max_abs(y[0], want)})
 
 
 def test_temporal_phase_uses_integer_modulo():
@@ -76,9 +77,11 @@ def test_positional_table_init_and_channel_matches_loop():
     x_hat = layer_norm(torch.randn(2, 9, 8, dtype=F64))
     y, _ = ch(x_hat)
     vp = ch.proj_p(x_hat)
+    errors = {}
     for b in range(2):
         want = ch.alpha * positional_loop(vp[b], ch.table.detach()) + ch.beta * vp[b]
-        assert (y[b] - want).abs().max() < 1e-12
+        errors[f"y_{b}"] = max_abs(y[b], want)
+    check_errors(errors)
 
 
 def test_norms_are_parameter_free_and_correct():
