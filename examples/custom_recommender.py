@@ -8,7 +8,7 @@ comes next depends on when it is requested), evaluated by full ranking against t
 the held-out last events, and then served: a prefill of each user's history, then one O(1) ``step`` per new
 event, checked against a forward pass over the whole history.
 
-    python examples/custom_recommender.py            # a few minutes on 2 CPU cores
+    python examples/custom_recommender.py --threads 1   # about 30 s on one CPU core (NDCG@10 ~0.35 vs 0.06)
     python examples/custom_recommender.py --smoke    # tiny sizes, a few seconds (run by the tests)
 """
 from __future__ import annotations
@@ -141,14 +141,14 @@ def serve(model, dataset, num_users, new_events):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and checks (CI)")
-    parser.add_argument("--users", type=int, default=400)
-    parser.add_argument("--items", type=int, default=400)
-    parser.add_argument("--events", type=int, default=60, help="mean events per user")
-    parser.add_argument("--max-len", type=int, default=48, help="events per training window")
+    parser.add_argument("--users", type=int, default=600)
+    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument("--events", type=int, default=80, help="mean events per user")
+    parser.add_argument("--max-len", type=int, default=64, help="events per training window")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,7 @@ generates greedily token by token with ``Retention.step``, whose state is a fixe
 and user, where a softmax transformer's KV cache grows by ``2 x D`` numbers per layer and token. Every
 generated token's logits are checked against a full forward pass over the whole generated sequence.
 
-    python examples/retention_in_a_transformer.py            # ~1 min on 2 CPU cores
+    python examples/retention_in_a_transformer.py --threads 1   # about 30 s on one CPU core
     python examples/retention_in_a_transformer.py --smoke    # tiny sizes, a few seconds (run by the tests)
 """
 from __future__ import annotations
