@@ -179,7 +179,7 @@ class FuXiLinearBlock(nn.Module):
         self.dim, self.num_heads, self.qk_dim = dim, num_heads, qk_dim
         self.use_temporal = use_temporal
         self.backend = check_backend(backend)
-        # created in the released model's order, so that a seed gives the same weights as before
+        # parameters are drawn in this order (the released model's): a seed fixes the weights of a model
         self.uvqk = nn.Parameter(torch.randn(dim, 3 * dim + 2 * num_heads * qk_dim + dim) * 0.02)  # (in, out)
         self.retention = Retention._channel_of_block(dim, num_heads, qk_dim, backend)
         self.temporal = TemporalRetention._channel_of_block(dim, num_periods, temporal_skip, backend)
