@@ -82,6 +82,8 @@ class TrainConfig:
     # schedule
     warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps
     patience: Optional[int] = None  # stop after this many epochs without a better validation NDCG@10
+    # crash safety
+    checkpoint_every: Optional[int] = None  # also write DIR/last.pt every N optimizer steps (mid-epoch)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_NAMES:
@@ -98,7 +100,7 @@ class TrainConfig:
             raise ValueError(f"split must be '3way' or '2way', got {self.split!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        check_positive_ints(self, ("global_batch_size", "patience"), allow_none=True)
+        check_positive_ints(self, ("global_batch_size", "patience", "checkpoint_every"), allow_none=True)
         check_int("warmup_steps", self.warmup_steps, minimum=0)
         if self.patience is not None and self.split != "3way":
             raise ValueError("patience (early stopping on validation NDCG@10) needs the validation split "
