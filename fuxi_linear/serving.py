@@ -183,7 +183,8 @@ class Decoder:
 
     def state_of(self, users: Sequence[Hashable]) -> DecodeState:
         """A copy of the given users' states (``DecodeState.select`` of their rows)."""
-        return self.pool.select([self.row_of(u) for u in users])
+        rows = [self.row_of(u) for u in users]
+        return self.pool.select(torch.tensor(rows, dtype=torch.int64, device=self.device))  # [] stays an int index
 
     @staticmethod
     def _user_list(users: Sequence[Hashable], what: str) -> List[Hashable]:
@@ -250,7 +251,8 @@ class Decoder:
         rows = [self._rows[u] for u in users]
         manifest = {"fingerprint": model_fingerprint(self.model), "max_users": self.max_users, "users": users,
                     "rows": rows, "positions": [self._positions[u] for u in users], "free": list(self._free)}
-        return write_snapshot(directory, manifest, self.pool.select(rows), keep=keep)
+        state = self.pool.select(torch.tensor(rows, dtype=torch.int64, device=self.device))  # no users: 0 rows
+        return write_snapshot(directory, manifest, state, keep=keep)
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike], model: FuXiLinear, max_users: Optional[int] = None,
