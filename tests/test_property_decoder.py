@@ -1,6 +1,10 @@
 """Stateful property test of the serving loop: random sequences of admit, evict, step, save and load on a
 ``Decoder`` (exact and bucket-padded steps), every served user checked against a fresh prefill of their whole
-history after every step, the users not stepped left untouched, and a save / load round trip exact."""
+history after every step, the users not stepped left untouched, and a save / load round trip exact.
+
+A user's next event comes at the time of their last request (what decode can be exact for: the temporal query
+of an event uses the next event's time, SPEC §3), and requests follow events by 1-60 s, so the temporal decays
+of the 16 s period are not saturated by their clamp (larger gaps would hide a wrong decay)."""
 import random
 import shutil
 import tempfile
@@ -24,6 +28,7 @@ class DecoderMachine(RuleBasedStateMachine):
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="decoder-snapshots-")
         self.events = {}  # user -> [(item, time)] of its whole history
+        self.request = {}  # user -> their last request time: the time of their next event
         self.next_user = 0
         self.saved = None  # (users, positions, states) at the last save
 
@@ -62,10 +67,11 @@ class DecoderMachine(RuleBasedStateMachine):
             t = 1_700_000_000 + self.rng.randrange(10_000)
             self.events[user] = []
             for _ in range(length):
-                t += self.rng.randrange(0, 50_000)
+                t += self.rng.randrange(0, 60)
                 self.events[user].append((self.rng.randrange(1, MODEL.config.num_items + 1), t))
+            self.request[user] = t + self.rng.randrange(1, 60)
             users.append(user)
-        query = [self.events[u][-1][1] + self.rng.randrange(1, 5_000) for u in users]
+        query = [self.request[u] for u in users]
         out = self.decoder.admit(users, *self._batch(users, query))
         assert (out - self._fresh(users, query)).abs().max() < TOL
 
@@ -75,7 +81,7 @@ class DecoderMachine(RuleBasedStateMachine):
         users = data.draw(st.lists(st.sampled_from(self.decoder.users), min_size=1, max_size=2, unique=True))
         self.decoder.evict(users)
         for u in users:
-            del self.events[u]
+            del self.events[u], self.request[u]
 
     @precondition(lambda self: self.decoder.users)
     @rule(data=st.data())
@@ -88,8 +94,9 @@ class DecoderMachine(RuleBasedStateMachine):
         before = self.decoder.state_of(others) if others else None
         new = []
         for u in users:
-            t = self.events[u][-1][1] + self.rng.randrange(0, 50_000)
-            new.append((self.rng.randrange(1, MODEL.config.num_items + 1), t, t + self.rng.randrange(1, 9_000)))
+            t = self.request[u]
+            self.request[u] = t + self.rng.randrange(1, 60)
+            new.append((self.rng.randrange(1, MODEL.config.num_items + 1), t, self.request[u]))
         out = self.decoder.step(users, torch.tensor([e[0] for e in new]), torch.tensor([e[1] for e in new]),
                                 torch.tensor([e[2] for e in new]))
         for u, (item, t, _) in zip(users, new):
@@ -105,17 +112,18 @@ class DecoderMachine(RuleBasedStateMachine):
         users = self.decoder.users
         self.saved = (users, [self.decoder.position_of(u) for u in users],
                       self.decoder.state_of(users).tensors() if users else [],
-                      {u: list(self.events[u]) for u in users})
+                      {u: list(self.events[u]) for u in users}, {u: self.request[u] for u in users})
 
     @precondition(lambda self: self.saved is not None)
     @rule(same_size=st.booleans())
     def load(self, same_size):
         """Back to the last snapshot (the server restarted): the saved users with their saved histories."""
-        users, positions, states, events = self.saved
+        users, positions, states, events, requests = self.saved
         size = self.decoder.max_users if same_size else max(len(users), 1) + self.rng.randrange(0, 3)
         padded = self.decoder._padded
         self.decoder = Decoder.load(self.folder, MODEL, max_users=size, pad_to_buckets=padded)
         self.events = {u: list(e) for u, e in events.items()}
+        self.request = dict(requests)
         assert self.decoder.users == users
         assert [self.decoder.position_of(u) for u in users] == positions
         if users:
