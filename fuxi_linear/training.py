@@ -383,6 +383,8 @@ def evaluate_checkpoint(path: str, overrides: Optional[Dict[str, Any]] = None,
     splits = leave_one_out(data, cfg.max_seq_len, mode=cfg.split, train_stride=cfg.train_stride)
     model = model_from_checkpoint(ckpt, device)
     result: Dict[str, Any] = {"checkpoint": str(path), "epoch": ckpt["epoch"] + 1}
+    if ckpt["position"] is not None:  # written inside an epoch: "epoch" is the last completed one
+        result["position"] = ckpt["position"]
     if splits.valid is not None:
         result["validation"] = evaluate(model, splits.valid, cfg, device, "validation")
     result["test"] = evaluate(model, splits.test, cfg, device, "test")

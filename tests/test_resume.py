@@ -31,8 +31,8 @@ ONE = ["--epochs", "3", "--batch-size", "4"]  # one process
 TIMING = {"train_seconds", "events_per_s", "users_per_s"}
 
 
-def _train(output, *extra, crash=None, resume=None, world=1, expect_kill=False):
-    extra = extra if world > 1 else (*ONE, *extra)
+def _train(output, *extra, crash=None, resume=None, world=1, expect_kill=False, one_process_flags=True):
+    extra = (*ONE, *extra) if world == 1 and one_process_flags else extra
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # what a killed run printed is kept
     env.pop(CRASH_ENV, None)
     if crash:
@@ -146,6 +146,29 @@ def test_two_gloo_processes_killed_mid_epoch_resume_bit_for_bit(tmp_path):
     assert ckpt["step"] == 6 and ckpt["position"]["batches_done"] == 2 and ckpt["world_size"] == 2
     _train(out, *flags, resume=out / "last.pt", world=2)
     _assert_same_run(out, whole)
+
+
+def test_one_process_killed_mid_epoch_resumes_on_two(tmp_path):
+    """Another number of processes, same global batch (dropout 0, where the runs can agree): one process killed
+    after a step checkpoint inside epoch 2, resumed by 2 gloo processes from that step, ends where one process
+    running without interruption ends (to float rounding: the sums are split over the ranks)."""
+    flags = ["--epochs", "2", "--global-batch-size", "8", "--checkpoint-every", "3", "--dropout", "0"]
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    _train(whole, *flags, one_process_flags=False)
+    _train(out, *flags, one_process_flags=False, crash="checkpoint.saved:3", expect_kill=True)  # steps 3, 4, 6
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["step"] == 6 and ckpt["position"]["batches_done"] == 2 and ckpt["world_size"] == 1
+    resumed = _train(out, *flags, resume=out / "last.pt", world=2)
+    assert "at epoch 2, batch 2/4 (step 6)" in resumed.stdout
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (out, whole))
+    assert a["step"] == b["step"] == 8 and a["world_size"] == 2
+    for name, t in b["model_state"].items():
+        if t.is_floating_point():
+            err = float((a["model_state"][name].double() - t.double()).norm() / t.double().norm().clamp(min=1e-30))
+            assert err < 1e-6, (name, err)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))
+    assert abs(ma["history"][-1]["train_loss"] - mb["history"][-1]["train_loss"]) < 1e-6
+    assert abs(ma["test"]["ndcg@10"] - mb["test"]["ndcg@10"]) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ in process
