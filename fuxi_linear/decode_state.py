@@ -12,6 +12,10 @@ from .fingerprint import check_fingerprint, model_fingerprint
 from .user_rows import UserRows
 from .utils import INT_DTYPES, atomic_write
 
+#: ``DecodeState.save`` files: the format name and version they carry.
+STATE_FORMAT = "fuxi_linear.DecodeState"
+STATE_VERSION = 2
+
 
 @dataclass
 class DecodeState(UserRows):
@@ -115,7 +119,3 @@ class DecodeState(UserRows):
             empty.check_same_layout(state, f"decode state {path} does not fit this model")
         return state
 
-
-#: ``DecodeState.save`` files: the format name and version they carry.
-STATE_FORMAT = "fuxi_linear.DecodeState"
-STATE_VERSION = 2

@@ -102,7 +102,7 @@ class DistributedContext:
                 if completed and self.active:
                     dist.barrier()
             finally:
-                gc.collect()  # DDP's reducer and hooks sit in reference cycles; they hold the group
+                gc.collect()  # anything of a DDP wrapper left in a reference cycle goes now, not at shutdown
                 dist.destroy_process_group()
                 self.owns_group = False
 
