@@ -16,6 +16,7 @@ from fuxi_linear.data import leave_one_out, make_synthetic_log
 from fuxi_linear.distributed import combine_metrics, global_batches, rank_share, shard_range
 from fuxi_linear.evaluation import ranking_metrics
 from fuxi_linear.objective import SampledSoftmaxObjective, example_keys, hashed_negatives
+from distributed_entry import threads_at_exit
 from fuxi_linear.training import TrainConfig, evaluate_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,8 +165,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # each rank left its process group completely before exiting: no gloo thread runs into interpreter shutdown
     # (they used to, and a rank then sometimes died at exit with "terminate called without an active exception")
-    exits = [line for line in run.stderr.splitlines() if "threads at exit:" in line]
-    assert len(exits) == 2 and not any("gloo" in line for line in exits), exits
+    exits = threads_at_exit(run.stderr)
+    assert len(exits) == 2 and not any("gloo" in names for names in exits.values()), exits
     assert run.stdout.count("wrote ") == 1 and run.stdout.count("epoch 2: train loss") == 1, run.stdout
     assert "2 processes (gloo), batch 4 per process = 8 global" in run.stdout
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

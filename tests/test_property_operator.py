@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, decay_plan
 from property_settings import examples
 
+#: where the Triton backend runs: compiled on a GPU, else in the interpreter on the CPU (tests/conftest.py)
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: the reference backend's documented clamp of decay factors (exp(-80))
 CLAMP = math.exp(getattr(decay_plan, "MIN_LOG_DECAY", -80.0))
 #: half of the smallest subnormal of each dtype: where an output underflows, its rounding error
@@ -169,11 +171,17 @@ def _slack(case, backend, nodecay_bound):
     return slack + SUBNORMAL[case["dtype"]]
 
 
+def _to(device):
+    return lambda t: None if t is None else t.to(device)
+
+
 def check_case(case, backend):
     dtype, desc = case["dtype"], case["desc"] + f" backend={backend}"
-    o, state = chunk_decay_attention(case["q"], case["k"], case["v"], g=case["g"], g_gamma=case["g_gamma"],
-                                     scale=case["scale"], initial_state=case["h0"], output_final_state=True,
-                                     cu_seqlens=case["cu"], backend=backend)
+    on = _to(TRITON_DEVICE if backend == "triton" else "cpu")
+    o, state = chunk_decay_attention(on(case["q"]), on(case["k"]), on(case["v"]), g=on(case["g"]),
+                                     g_gamma=on(case["g_gamma"]), scale=case["scale"], initial_state=on(case["h0"]),
+                                     output_final_state=True, cu_seqlens=on(case["cu"]), backend=backend)
+    o, state = o.cpu(), state.cpu()
     assert o.dtype == dtype and o.shape == case["v"].shape, desc
     want_o, want_s, bound_o, bound_s = math_of(case)
     _, _, free_o, free_s = math_of(case, decay=False)
@@ -181,9 +189,9 @@ def check_case(case, backend):
     _within("final state", state, want_s, bound_s, TOL[dtype], desc, _slack(case, backend, free_s))
     if case["step"]:
         nxt = case["next"]
-        s_in = state.clone()
-        o1, s1 = decay_attention_step(nxt["q"], nxt["k"], nxt["v"], s_in, g=nxt["g"], scale=case["scale"],
-                                      backend=backend)
+        o1, s1 = decay_attention_step(on(nxt["q"]), on(nxt["k"]), on(nxt["v"]), on(state.clone()), g=on(nxt["g"]),
+                                      scale=case["scale"], backend=backend)
+        o1, s1 = o1.cpu(), s1.cpu()
         g1 = nxt["g"].double()
         want_s1 = torch.exp(g1)[..., None, None] * want_s + nxt["k"].double()[..., None] * nxt["v"].double()[..., None, :]
         want_o1 = case["scale"] * torch.einsum("nhk,nhkv->nhv", nxt["q"].double(), want_s1)
@@ -202,8 +210,8 @@ def _reference_gradients(case, leaves, wo, ws, absolute, decay=True):
     """Gradients of ``<o, wo> + <S_T, ws>`` through the float64 recurrence. ``absolute``: of the same problem
     on absolute values (|q|, |k|, |v|, |h0|, |wo|, |ws|; the decays as they are), whose gradient is the sum of
     the absolute values of the terms that make each true gradient -- the scale its rounding error has."""
-    ref = {n: (t.detach().double().abs() if absolute and n not in ("g", "g_gamma") else t.detach().double())
-           .requires_grad_() for n, t in leaves.items()}
+    ref = {n: (t.detach().double().cpu().abs() if absolute and n not in ("g", "g_gamma") else
+               t.detach().double().cpu()).requires_grad_() for n, t in leaves.items()}
     if "g" in ref:
         g_full = ref["g"]
     elif "g_gamma" in ref:
@@ -223,26 +231,28 @@ def check_gradients(case, backend):
     gradient of the absolute-value problem (the scale of each gradient's terms; normwise, since strong decays
     make many true gradients vanish below any rounding scale)."""
     dtype = case["dtype"]
-    leaves = {n: case[n].detach().clone().requires_grad_() for n in ("q", "k", "v", "h0", "g", "g_gamma")
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    leaves = {n: case[n].to(device).detach().clone().requires_grad_() for n in ("q", "k", "v", "h0", "g", "g_gamma")
               if case[n] is not None}
     gen = torch.Generator().manual_seed(7)
     o, s = chunk_decay_attention(leaves["q"], leaves["k"], leaves["v"], g=leaves.get("g"),
                                  g_gamma=leaves.get("g_gamma"), scale=case["scale"], initial_state=leaves.get("h0"),
-                                 output_final_state=True, cu_seqlens=case["cu"], backend=backend)
+                                 output_final_state=True, cu_seqlens=_to(device)(case["cu"]), backend=backend)
     wo = torch.randn(o.shape, generator=gen, dtype=torch.float64)
     ws = torch.randn(s.shape, generator=gen, dtype=torch.float64)
-    ((o.double() * wo).sum() + (s.double() * ws).sum()).backward()
+    ((o.double().cpu() * wo).sum() + (s.double().cpu() * ws).sum()).backward()
     want = _reference_gradients(case, leaves, wo, ws, absolute=False)
     bound = _reference_gradients(case, leaves, wo, ws, absolute=True)
     free = _reference_gradients(case, leaves, wo, ws, absolute=True, decay=False)
     # the decay gradient is a sum over the sequence of products of the other inputs and their gradients (the
     # backward forms it from q.dq - k.dk and the like): its rounding scale is the size of those products
     def decay_scale(b):
-        return sum(float((leaves[n].detach().double().abs() * b[n]).sum()) for n in ("q", "k", "h0") if n in leaves)
+        return sum(float((leaves[n].detach().double().cpu().abs() * b[n]).sum()) for n in ("q", "k", "h0")
+                   if n in leaves)
     clamp = CLAMP if backend == "reference" else 0.0
     ratios = {}
     for name, leaf in leaves.items():
-        got = leaf.grad.double()
+        got = leaf.grad.double().cpu()
         decay = name in ("g", "g_gamma")
         scale = decay_scale(bound) if decay else float(bound[name].max())
         slack = clamp * (decay_scale(free) if decay else float(free[name].max()))
