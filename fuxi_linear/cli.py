@@ -94,7 +94,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "compiler)")
     p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation NDCG@10")
-    p.add_argument("--resume", help="continue from a checkpoint (DIR/last.pt)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also write DIR/last.pt every N optimizer "
+                   "steps, with the position in the epoch (default: at each epoch's end only); --resume continues "
+                   "from that step bit for bit; each write's cost is logged")
+    p.add_argument("--resume", help="continue from a checkpoint (DIR/last.pt), also one written inside an epoch")
 
 
 _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
@@ -102,7 +105,7 @@ _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_
            "split", "train_stride", "mrr_cap", "temporal_base", "temporal_start", "temporal_stride",
            "temporal_num_periods", "temporal_periods", "backend", "cache_dir", "k_core", "synthetic_users", "synthetic_items",
            "synthetic_mean_events", "global_batch_size", "precision", "compile_backend", "warmup_steps", "patience",
-           "ffn_multiply", "positional_table_multiple", "exclude_history")
+           "ffn_multiply", "positional_table_multiple", "exclude_history", "checkpoint_every")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -99,6 +99,8 @@ class TrainConfig:
     # schedule
     warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps
     patience: Optional[int] = None  # stop after this many epochs without a better validation NDCG@10
+    # crash safety
+    checkpoint_every: Optional[int] = None  # also write DIR/last.pt every N optimizer steps (mid-epoch)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_NAMES:
@@ -115,8 +117,8 @@ class TrainConfig:
             raise ValueError(f"split must be '3way' or '2way', got {self.split!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        check_positive_ints(self, ("global_batch_size", "patience", "positional_table_multiple", "ffn_multiply"),
-                            allow_none=True)
+        check_positive_ints(self, ("global_batch_size", "patience", "positional_table_multiple", "ffn_multiply",
+                                   "checkpoint_every"), allow_none=True)
         if isinstance(self.exclude_history, bool):  # the older boolean field
             self.exclude_history = "all" if self.exclude_history else "none"
         if self.exclude_history not in EXCLUDE_HISTORY_MODES:
