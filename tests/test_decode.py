@@ -297,3 +297,24 @@ def test_step_features_are_the_forward_features_bit_for_bit(unit):
         expected = model.temporal.features(t_key, t_query, gap)
         got = temporal_step_features(model.temporal.step_constants(), t_key - gap, t_key, t_query)
     assert torch.equal(got.q, expected.q) and torch.equal(got.k, expected.k) and torch.equal(got.g, expected.g)
+
+
+def test_float64_ablation_prefill_admits_into_the_model_pool():
+    """use_temporal=False: the temporal state a float64 prefill returns is float64 like the others (it was a
+    float32 zero state, so the model's own pool rejected it)."""
+    from fuxi_linear import FuXiLinear, FuXiLinearConfig
+    from fuxi_linear.serving import Decoder
+
+    model = FuXiLinear(FuXiLinearConfig(num_items=20, max_seq_len=16, embedding_dim=16, num_blocks=2, num_heads=2,
+                                        temporal_num_periods=2, positional_dim=4, dropout=0.0,
+                                        use_temporal=False)).double().eval()
+    ids = torch.tensor([[3, 5, 7, 0], [2, 4, 6, 8]])
+    ts = 1_700_000_000 + torch.arange(4)[None].repeat(2, 1) * 60
+    lengths, query = torch.tensor([3, 4]), torch.tensor([1_700_000_500, 1_700_000_600])
+    _, state = model.prefill(ids, ts, lengths, query)
+    assert {state.retention.dtype, state.temporal.dtype, state.positional.dtype} == {torch.float64}
+    assert torch.count_nonzero(state.temporal) == 0
+    decoder = Decoder(model, max_users=4, device="cpu")
+    decoder.admit(["a", "b"], ids, ts, lengths, query)
+    assert decoder.step(["a"], torch.tensor([9]), torch.tensor([1_700_000_700]),
+                        torch.tensor([1_700_000_800])).dtype == torch.float64

@@ -489,9 +489,11 @@ class TemporalRetention(nn.Module):
 
     # ------------------------------------------------------------------ the channel
     def zero_state(self, num_sequences: int, like: torch.Tensor) -> torch.Tensor:
-        """An all-zero state ``(N, 2Ht, 2, D / 2Ht)`` float32 on ``like``'s device."""
+        """An all-zero state ``(N, 2Ht, 2, D / 2Ht)`` on ``like``'s device: float64 for a float64 layer, float32
+        otherwise (the dtype of the other channels' states, so that the model's states stack)."""
         dim = self.proj_v.weight.shape[0]
-        return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device)
+        return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device,
+                           dtype=state_dtype(self.proj_v.weight))
 
     def _values(self, x_hat: torch.Tensor) -> torch.Tensor:
         return F.linear(x_hat, self.proj_v.weight).unflatten(-1, (self.num_heads, -1))
