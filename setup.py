@@ -20,7 +20,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
         "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["fuxi-linear=fuxi_linear.cli:main"]},

@@ -7,6 +7,8 @@ bfloat16-rounded inputs, so the figure is the operator's error, not the rounding
 included. Errors are relative RMS, ``||x - x64|| / ||x64||``. The temporal channel (per-token decay) runs
 with mild decays and with strong ones (``g = -20`` on 30% of the steps), where chunk-local cumulative decays
 lose precision to cancellation. float32 runs at torch's default matmul precision ("highest": TF32x3 products).
+``kernels`` names the kernel family the launcher picks (the temporal shape runs the small-head kernels, in
+bfloat16 only on a GPU: the CPU interpreter computes bfloat16 through float32 copies).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from fuxi_linear.kernels import configs
 from fuxi_linear.ops import chunk_decay_attention, chunk_decay_attention_reference
 from gpu_suite_common import CHANNELS, DTYPES, Log, Row, make_channel_inputs, progress, rel_rms, time_left
 
@@ -78,7 +81,9 @@ def run_accuracy_section(device: torch.device, dry_run: bool, peak_gbs: Optional
     cases = _cases(dry_run)
     precision = torch.get_float32_matmul_precision()
     for channel, B, T, dtype, decay in progress(cases, "accuracy"):
-        row: Row = {"channel": channel, "B": B, "T": T, "dtype": dtype, "decay": decay,
+        shape = CHANNELS[channel]
+        family = "small-head" if configs.uses_small_heads(shape.k, shape.v) else "general"
+        row: Row = {"channel": channel, "kernels": family, "B": B, "T": T, "dtype": dtype, "decay": decay,
                     "fp32_matmul": precision if dtype == "fp32" else None}
         if time_left() < 5:
             rows.append({**row, "status": "skipped: time budget"})

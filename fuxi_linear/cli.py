@@ -17,7 +17,7 @@ from .bench.settings import (BENCH_MODELS, COMPILE_CHOICES, CPU_DEFAULTS, CPU_SE
                              GPU_DEFAULTS, GPU_SEQ_LENS, BenchSettings, parse_models, parse_seq_lens)
 from .data import DATASET_NAMES
 from .registry import MODEL_NAMES
-from .training_config import PRESETS, TrainConfig
+from .training_config import EXCLUDE_HISTORY_MODES, PRESETS, TrainConfig
 from .utils import atomic_write_json, check_int
 
 
@@ -44,6 +44,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-blocks", type=int)
     p.add_argument("--num-heads", type=int)
     p.add_argument("--qk-dim", type=int)
+    p.add_argument("--ffn-multiply", type=int, help="FFN width F = D x this (default: the model's; FuXi-Linear 1, "
+                   "as in every released configuration)")
     p.add_argument("--dropout", type=float)
     p.add_argument("--batch-size", type=int, help=f"training examples per step and per process (default "
                    f"{d.batch_size}; with torchrun N processes the global batch is N times this)")
@@ -59,7 +61,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "paper's train/test")
     p.add_argument("--train-stride", type=int, help="extra training windows every N events of long histories")
     p.add_argument("--mrr-cap", type=int, help="ranks beyond this count as cap+1 for MRR (the paper: 2500)")
-    p.add_argument("--keep-history", action="store_true", help="do not exclude already-seen items when ranking")
+    p.add_argument("--exclude-history", choices=EXCLUDE_HISTORY_MODES, help="items removed from the full ranking "
+                   "(never the target): all (default) the user's whole history (SPEC §7), window the items of the "
+                   "input window only (the last L events: the released code's evaluation), none")
+    p.add_argument("--keep-history", action="store_true", help="the same as --exclude-history none")
     p.add_argument("--temporal-base", type=int)
     p.add_argument("--temporal-start", type=int)
     p.add_argument("--temporal-stride", type=int)
@@ -67,6 +72,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal-periods", type=_int_list, help="explicit comma-separated periods in the data's "
                    "time unit (instead of base/start/stride; synthetic data defaults to calendar periods)")
     p.add_argument("--fixed-temporal-decay", action="store_true", help="freeze gamma = 0.5 (FuXi-Linear)")
+    p.add_argument("--no-temporal-skip", action="store_true", help="FuXi-Linear: the temporal channel outputs o, "
+                   "without its alpha o + beta v skip connection (the released ML-20M configuration)")
+    p.add_argument("--positional-table-multiple", type=int, help="FuXi-Linear: positional table of L + 11 rows "
+                   "rounded up to this (default 128, the released chunk size; 1: L + 11, as released for ML-20M)")
     p.add_argument("--no-temporal", action="store_true", help="ablation: switch the temporal channel off")
     p.add_argument("--backend", choices=("auto", "triton", "reference"))
     p.add_argument("--cache-dir", help="cache the preprocessed dataset here")
@@ -85,14 +94,18 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "compiler)")
     p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation NDCG@10")
-    p.add_argument("--resume", help="continue from a checkpoint (DIR/last.pt)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also write DIR/last.pt every N optimizer "
+                   "steps, with the position in the epoch (default: at each epoch's end only); --resume continues "
+                   "from that step bit for bit; each write's cost is logged")
+    p.add_argument("--resume", help="continue from a checkpoint (DIR/last.pt), also one written inside an epoch")
 
 
 _DIRECT = ("dataset", "data_path", "model", "epochs", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
            "qk_dim", "dropout", "batch_size", "eval_batch_size", "lr", "num_negatives", "seed", "device", "output",
            "split", "train_stride", "mrr_cap", "temporal_base", "temporal_start", "temporal_stride",
            "temporal_num_periods", "temporal_periods", "backend", "cache_dir", "k_core", "synthetic_users", "synthetic_items",
-           "synthetic_mean_events", "global_batch_size", "precision", "compile_backend", "warmup_steps", "patience")
+           "synthetic_mean_events", "global_batch_size", "precision", "compile_backend", "warmup_steps", "patience",
+           "ffn_multiply", "positional_table_multiple", "exclude_history", "checkpoint_every")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -101,10 +114,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError("give --batch-size (per process) or --global-batch-size (over all processes), not both")
     if args.compile_backend is not None and not args.compile:
         raise ValueError("--compile-backend needs --compile")
+    if args.keep_history and args.exclude_history not in (None, "none"):
+        raise ValueError(f"--keep-history means --exclude-history none, not {args.exclude_history}")
     values = dict(PRESETS[args.preset]) if args.preset else {}
+    if args.batch_size is not None:  # a per-process batch given on the command line replaces the preset's global one
+        values.pop("global_batch_size", None)
     values.update({k: getattr(args, k) for k in _DIRECT if getattr(args, k) is not None})
+    if values.get("model") == "hstu" and args.ffn_multiply is None:
+        values.pop("ffn_multiply", None)  # a preset's FFN width: HSTU has no FFN
     if args.keep_history:
-        values["exclude_history"] = False
+        values["exclude_history"] = "none"
+    if args.no_temporal_skip:
+        values["temporal_skip"] = False
     if args.fixed_temporal_decay:
         values["learn_temporal_decay"] = False
     if args.no_temporal:
@@ -132,6 +153,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", help="where the dataset is now, if it moved")
     p.add_argument("--device")
     p.add_argument("--mrr-cap", type=int)
+    p.add_argument("--exclude-history", choices=EXCLUDE_HISTORY_MODES, help="items removed from the ranking "
+                   "(default: the run's setting; all = SPEC §7, window = the released evaluation)")
     p.add_argument("--json", help="also write the metrics here")
     p.add_argument("--no-progress", action="store_true")
 
@@ -140,7 +163,7 @@ def run_eval_command(args: argparse.Namespace) -> Dict[str, Any]:
     from .training import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, {"data_path": args.data_path, "device": args.device,
-                                                   "mrr_cap": args.mrr_cap,
+                                                   "mrr_cap": args.mrr_cap, "exclude_history": args.exclude_history,
                                                    "progress": False if args.no_progress else None})
     if args.json:
         atomic_write_json(args.json, result, indent=2)

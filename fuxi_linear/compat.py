@@ -43,6 +43,18 @@ def _require(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     return value
 
 
+def _has_temporal_skip(sd: Mapping[str, torch.Tensor], num_blocks: int) -> bool:
+    """Whether the blocks' temporal channels have the ``alpha``/``beta`` skip parameters (all or none)."""
+    present = [all(f"_fuxi._attention_layers.{i}._channel_t.{n}" in sd for n in ("alpha", "beta"))
+               for i in range(num_blocks)]
+    partial = [any(f"_fuxi._attention_layers.{i}._channel_t.{n}" in sd for n in ("alpha", "beta"))
+               for i in range(num_blocks)]
+    if any(present) != all(present) or partial != present:
+        raise ValueError("checkpoint has the temporal skip parameters _channel_t.alpha/_channel_t.beta in some "
+                         "blocks only; expected both in every block (skip on) or in none (skip off)")
+    return bool(present and present[0])
+
+
 def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLinearConfig:
     """Infer a :class:`FuXiLinearConfig` from the released model's parameter shapes.
 
@@ -64,6 +76,8 @@ def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLi
     periods = _require(sd, lp + "_channel_t._intervals").to(torch.int64).flatten()
     gamma0 = _require(sd, lp + "_channel_t._gamma")
     learn = gamma0.numel() == periods.numel() and gamma0.numel() > 1
+    # the temporal skip connection (alpha o + beta v, the released aug_current) has parameters only when on
+    skip = _has_temporal_skip(sd, len(layers))
     emb_p = _require(sd, lp + "_channel_p._emb")
     ffn_hidden = _require(sd, lp + "_mffn.lin1.weight").shape[0]
     if ffn_hidden % D:
@@ -78,6 +92,7 @@ def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLi
         ffn_multiply=ffn_hidden // D,
         temporal_periods=tuple(int(p) for p in periods),
         learn_temporal_decay=learn,
+        temporal_skip=skip,
         positional_dim=emb_p.shape[1],
         positional_table_size=emb_p.shape[0],
         absolute_position_table_size=pos_rows,
@@ -85,6 +100,41 @@ def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLi
     )
     values.update(overrides)
     return FuXiLinearConfig(**values)
+
+
+#: Per-block tensors: the released name (under ``_fuxi._attention_layers.{i}.``) -> ours (under ``blocks.{i}.``).
+_BLOCK_NAMES = (
+    ("_uvqk", "uvqk"),
+    ("_retention._gamma", "retention.decay_logits"),
+    ("_channel_t.proj_v.weight", "temporal.proj_v.weight"),
+    ("_channel_t.alpha", "temporal.alpha"),
+    ("_channel_t.beta", "temporal.beta"),
+    ("_channel_p._emb", "positional.table"),
+    ("_channel_p._proj_p.weight", "positional.proj_p.weight"),
+    ("_channel_p._alpha", "positional.alpha"),
+    ("_channel_p._beta", "positional.beta"),
+    ("_mffn.lin0.weight", "ffn.lin0.weight"),
+    ("_mffn.lin1.weight", "ffn.lin1.weight"),
+    ("_mffn.lin2.weight", "ffn.lin2.weight"),
+    ("_mffn.lin3.weight", "ffn.lin3.weight"),
+)
+
+
+def released_names(config: FuXiLinearConfig) -> Dict[str, str]:
+    """Our ``state_dict`` name -> the released model's name (SPEC §8) for every tensor a released checkpoint
+    provides: all of our parameters and the temporal periods. The temporal decay ``b`` and the periods are the
+    model's (shared by all blocks), block 0's in the released model; without the temporal skip connection
+    there are no ``alpha``/``beta`` entries. The released per-block buffers we derive instead (the later
+    blocks' ``_channel_t._gamma``, ``_intervals`` and ``_scale_factor``) are not mapped."""
+    names = {"item_embedding.weight": _ITEM, "position_embedding.weight": _POS,
+             "temporal.decay_logits": "_fuxi._attention_layers.0._channel_t._gamma",
+             "temporal.periods": "_fuxi._attention_layers.0._channel_t._intervals"}
+    for i in range(config.num_blocks):
+        for theirs, mine in _BLOCK_NAMES:
+            if mine in ("temporal.alpha", "temporal.beta") and not config.temporal_skip:
+                continue
+            names[f"blocks.{i}.{mine}"] = f"_fuxi._attention_layers.{i}.{theirs}"
+    return names
 
 
 def from_official_state_dict(state_dict: Any, config: Optional[FuXiLinearConfig] = None, **overrides: Any) -> FuXiLinear:
@@ -98,33 +148,16 @@ def from_official_state_dict(state_dict: Any, config: Optional[FuXiLinearConfig]
     """
     sd = _unwrap(state_dict)
     cfg = config if config is not None else config_from_official_state_dict(sd, **overrides)
+    if _has_temporal_skip(sd, cfg.num_blocks) != cfg.temporal_skip:
+        raise ValueError(f"config.temporal_skip={cfg.temporal_skip}, but the checkpoint "
+                         f"{'has' if not cfg.temporal_skip else 'lacks'} the temporal skip parameters "
+                         "_channel_t.alpha/_channel_t.beta")
     model = FuXiLinear(cfg)
-    ours: Dict[str, torch.Tensor] = {
-        "item_embedding.weight": sd[_ITEM],
-        "position_embedding.weight": _require(sd, _POS),
-    }
-    lp0 = "_fuxi._attention_layers.0._channel_t."
-    gamma0 = _require(sd, lp0 + "_gamma").float().flatten()
-    ours["temporal.decay_logits"] = gamma0.expand(cfg.temporal_num_periods).clone()
-    ours["temporal.periods"] = _require(sd, lp0 + "_intervals").to(torch.int64).flatten()
-    for i in range(cfg.num_blocks):
-        src, dst = f"_fuxi._attention_layers.{i}.", f"blocks.{i}."
-        for theirs, mine in [
-            ("_uvqk", "uvqk"),
-            ("_retention._gamma", "retention.decay_logits"),
-            ("_channel_t.proj_v.weight", "temporal.proj_v.weight"),
-            ("_channel_t.alpha", "temporal.alpha"),
-            ("_channel_t.beta", "temporal.beta"),
-            ("_channel_p._emb", "positional.table"),
-            ("_channel_p._proj_p.weight", "positional.proj_p.weight"),
-            ("_channel_p._alpha", "positional.alpha"),
-            ("_channel_p._beta", "positional.beta"),
-            ("_mffn.lin0.weight", "ffn.lin0.weight"),
-            ("_mffn.lin1.weight", "ffn.lin1.weight"),
-            ("_mffn.lin2.weight", "ffn.lin2.weight"),
-            ("_mffn.lin3.weight", "ffn.lin3.weight"),
-        ]:
-            ours[dst + mine] = _require(sd, src + theirs)
+    ours: Dict[str, torch.Tensor] = {mine: _require(sd, theirs) for mine, theirs in released_names(cfg).items()}
+    # a fixed decay is stored as one zero (b = 0 for every period): broadcast to the model's (Ht,)
+    ours["temporal.decay_logits"] = ours["temporal.decay_logits"].float().flatten().expand(
+        cfg.temporal_num_periods).clone()
+    ours["temporal.periods"] = ours["temporal.periods"].to(torch.int64).flatten()
     expected = model.state_dict()
     for name, value in ours.items():
         if name not in expected:

@@ -53,14 +53,19 @@ class FuXiLinearConfig(ConfigDictMixin):
         max_seq_len: L, the longest history the model is built for.
         embedding_dim: D. num_blocks: number of FuXi-Linear blocks. num_heads: H retention heads.
         qk_dim: dqk of the retention heads (default D / H); the value width is D / H.
-        ffn_multiply: F = D * ffn_multiply in the multi-stage FFN.
+        ffn_multiply: F = D * ffn_multiply in the multi-stage FFN (1 in every released configuration).
         temporal_base, temporal_start, temporal_stride, temporal_num_periods: periods
             ``base^(start + m*stride)`` in the timestamps' unit (defaults: seconds; use 2, 10, 3, 8 for ms).
         temporal_periods: explicit int periods instead of the base/start/stride rule (checkpoint import).
         learn_temporal_decay: learn ``b`` (gamma = sigmoid(b)), else gamma = 0.5.
+        temporal_skip: the temporal channel's output is ``alpha * o + beta * v`` (the released ``aug_current``,
+            on in the Kuai configurations); False: its output is ``o`` and it has no ``alpha``/``beta``
+            parameters (the released ML-20M configuration).
         temporal_max_log_decay: bound on the per-step temporal log-decay.
         use_temporal: False switches the temporal channel off (its input to the gate is zero) — an ablation.
-        positional_dim: P. positional_table_size: Nmax (default L + 11 rounded up to 128, as released).
+        positional_dim: P. positional_table_size: Nmax (default L + 11 rounded up to
+            ``positional_table_multiple``). positional_table_multiple: 128 (the released chunk size: 1152 rows
+            for L = 1024); 1 gives L + 11, the released configuration without chunking (ML-20M: 211).
         absolute_position_table_size: rows of the absolute position embedding (default L + 11, as released).
         dropout: input and FFN dropout. temperature: tau of the sampled softmax. num_negatives: per position.
         backend: operator backend, "auto" | "triton" | "reference".
@@ -72,17 +77,19 @@ class FuXiLinearConfig(ConfigDictMixin):
     num_blocks: int = 2
     num_heads: int = 4
     qk_dim: Optional[int] = None
-    ffn_multiply: int = 4
+    ffn_multiply: int = 1
     temporal_base: int = TEMPORAL_PERIODS_BY_UNIT["s"]["base"]
     temporal_start: int = TEMPORAL_PERIODS_BY_UNIT["s"]["start"]
     temporal_stride: int = TEMPORAL_PERIODS_BY_UNIT["s"]["stride"]
     temporal_num_periods: int = TEMPORAL_PERIODS_BY_UNIT["s"]["num_periods"]
     temporal_periods: Optional[Tuple[int, ...]] = None
     learn_temporal_decay: bool = True
+    temporal_skip: bool = True
     temporal_max_log_decay: float = 20.0
     use_temporal: bool = True
     positional_dim: int = 32
     positional_table_size: Optional[int] = None
+    positional_table_multiple: int = 128
     absolute_position_table_size: Optional[int] = None
     dropout: float = 0.2
     temperature: float = 0.05
@@ -91,7 +98,11 @@ class FuXiLinearConfig(ConfigDictMixin):
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("num_items", "max_seq_len", "embedding_dim", "num_blocks", "num_heads",
-                                   "ffn_multiply", "temporal_num_periods", "positional_dim", "num_negatives"))
+                                   "ffn_multiply", "temporal_num_periods", "positional_dim", "num_negatives",
+                                   "positional_table_multiple"))
+        for name in ("learn_temporal_decay", "temporal_skip", "use_temporal"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.qk_dim is None:
             self.qk_dim = self.embedding_dim // self.num_heads
         if self.embedding_dim % self.num_heads:
@@ -107,7 +118,7 @@ class FuXiLinearConfig(ConfigDictMixin):
         if self.positional_dim % 2:
             raise ValueError(f"positional_dim must be even, got {self.positional_dim}")
         if self.positional_table_size is None:
-            self.positional_table_size = _round_up(self.max_seq_len + 11, 128)
+            self.positional_table_size = _round_up(self.max_seq_len + 11, self.positional_table_multiple)
         if self.absolute_position_table_size is None:
             self.absolute_position_table_size = self.max_seq_len + 11
         if not 0.0 <= self.dropout < 1.0:

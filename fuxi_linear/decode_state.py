@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Sequence, Union
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import torch
 
+from .fingerprint import check_fingerprint, model_fingerprint
 from .user_rows import UserRows
-from .utils import INT_DTYPES
+from .utils import INT_DTYPES, atomic_write
+
+#: ``DecodeState.save`` files: the format name and version they carry.
+STATE_FORMAT = "fuxi_linear.DecodeState"
+STATE_VERSION = 2
 
 
 @dataclass
@@ -64,13 +70,52 @@ class DecodeState(UserRows):
             t.index_copy_(dim, index.long(), getattr(source, name).to(self.device))
         return self
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
-        torch.save({f.name: getattr(self, f.name).cpu() for f in fields(self)}, path)
+    def save(self, path: Union[str, os.PathLike], model: Optional[torch.nn.Module] = None) -> Path:
+        """Write the state to ``path`` atomically (a synced temporary file renamed into place: a crash leaves the
+        previous file or the complete new one) with a format version and, given the ``model`` that made the
+        state, its fingerprint (:func:`fuxi_linear.fingerprint.model_fingerprint`), which :meth:`load` checks.
+        The tensors are saved on the CPU."""
+        payload = {"format": STATE_FORMAT, "version": STATE_VERSION,
+                   "fingerprint": model_fingerprint(model) if model is not None else None,
+                   "tensors": {f.name: getattr(self, f.name).detach().cpu() for f in fields(self)}}
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> "DecodeState":
-        data = torch.load(path, map_location=map_location, weights_only=True)
+    def load(cls, path: Union[str, os.PathLike], model: Optional[torch.nn.Module] = None,
+             map_location: Union[str, torch.device] = "cpu", check_model: bool = True) -> "DecodeState":
+        """Read a state written by :meth:`save`.
+
+        Given ``model``, the file must carry that model's fingerprint (else ``ValueError``; ``check_model=False``
+        skips this) and the state must have its layout. A missing file raises ``FileNotFoundError``; a
+        truncated, foreign or newer-format file a ``ValueError`` naming it. Files of the first format (a plain
+        dict of the tensors, no fingerprint) still load when no model is given or ``check_model=False``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"decode state file {path} does not exist")
+        try:
+            data = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # truncated or foreign: torch raises zip, pickle and runtime errors
+            raise ValueError(f"{path} is not a saved DecodeState: it cannot be read ({type(err).__name__}: "
+                             f"{err}); truncated, or another kind of file") from None
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            raise ValueError(f"{path} is not a saved DecodeState (expected keys {sorted(names)})")
-        return cls(**data)
+        if isinstance(data, dict) and data.get("format") == STATE_FORMAT:
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"{path} is a DecodeState of format version {data.get('version')!r}; this "
+                                 f"fuxi-linear reads version {STATE_VERSION}")
+            fingerprint, tensors = data.get("fingerprint"), data.get("tensors")
+        elif isinstance(data, dict) and set(data) == names:  # version 1: the tensors alone
+            fingerprint, tensors = None, data
+        else:
+            raise ValueError(f"{path} is not a saved DecodeState (expected a fuxi-linear DecodeState file with "
+                             f"tensors {sorted(names)})")
+        if not isinstance(tensors, dict) or set(tensors) != names or \
+                not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise ValueError(f"{path} is not a saved DecodeState (expected tensors {sorted(names)})")
+        state = cls(**tensors)
+        if model is not None:
+            check_fingerprint(fingerprint, model, f"decode state {path}", check_model)
+            empty = model.empty_state(0, state.device)
+            empty.check_same_layout(state, f"decode state {path} does not fit this model")
+        return state
+

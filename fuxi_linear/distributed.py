@@ -13,6 +13,7 @@ batch is empty runs one example with weight 0, so that every rank takes part in 
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -87,10 +88,23 @@ class DistributedContext:
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
-    def close(self) -> None:
+    def close(self, completed: bool = True) -> None:
+        """Leave the process group this context created (a harness's group is left alone).
+
+        ``completed``: the run ended normally on this rank, so every rank reaches this point; a barrier then
+        lets no rank tear its connections down while a peer still finishes its last collective. After an
+        error (peers may be dead or elsewhere) the group is destroyed without it. Callers drop their
+        ``DistributedDataParallel`` wrappers first: the group (and its gloo threads) lives as long as anything
+        holds it, and must be gone before the interpreter shuts down (see :func:`setup_distributed`).
+        """
         if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+            try:
+                if completed and self.active:
+                    dist.barrier()
+            finally:
+                gc.collect()  # anything of a DDP wrapper left in a reference cycle goes now, not at shutdown
+                dist.destroy_process_group()
+                self.owns_group = False
 
 
 def _device_for_rank(name: str, local_rank: int) -> torch.device:
@@ -122,6 +136,14 @@ def setup_distributed(device_name: str, resolve_single: Callable[[str], torch.de
     backend = "nccl" if device.type == "cuda" else "gloo"
     owns = False
     if not dist.is_initialized():
+        # torch._dynamo (imported by DistributedDataParallel's constructor, and by torch.compile) keeps
+        # references to the process groups that exist when it is first imported, for the whole process: the
+        # group could then not be freed by destroy_process_group, its gloo threads ('pt_gloo_runloop',
+        # 'gloo_tcp_loop') ran on into interpreter shutdown, and a process sometimes died there with "terminate
+        # called without an active exception" after its run had finished. Imported before the group exists,
+        # dynamo holds none of it.
+        import torch._dynamo  # noqa: F401
+
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)

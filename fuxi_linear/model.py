@@ -14,7 +14,7 @@ from .history_inputs import check_history, check_step_events
 from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
 from .derived_cache import DerivedCache
-from .layers.temporal import TemporalEncoding, TemporalFeatures, temporal_periods
+from .layers.temporal import TemporalEncoding, temporal_periods
 from .ops.prefill import cast, uses_plan
 from .retrieval import SequentialRetrievalMixin, l2_normalize
 from .step_graph import ModelStepOperands, decode_step
@@ -44,9 +44,11 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         periods = (torch.tensor(c.temporal_periods, dtype=torch.int64) if c.temporal_periods is not None else
                    temporal_periods(c.temporal_base, c.temporal_start, c.temporal_stride, c.temporal_num_periods))
         self.temporal = TemporalEncoding(periods, c.learn_temporal_decay, c.temporal_max_log_decay)
+        # the public block, with the one encoding above shared by all blocks instead of one per block (SPEC §3)
         self.blocks = nn.ModuleList(
-            FuXiLinearBlock(D, c.num_heads, c.qk_dim, c.ffn_hidden_dim, c.temporal_num_periods, c.positional_dim,
-                            c.positional_table_size, c.dropout)
+            FuXiLinearBlock._sharing_temporal_encoding(
+                D, c.num_heads, c.qk_dim, c.ffn_hidden_dim, c.temporal_num_periods, c.temporal_skip, c.use_temporal,
+                c.positional_dim, c.positional_table_size, c.dropout, c.backend)
             for _ in range(c.num_blocks)
         )
         self._step_cache = DerivedCache()  # step_operands
@@ -76,19 +78,16 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         x = self._embed(item_ids, torch.arange(T, device=dev)[None, :])
         ends = lengths if ragged and (output_final_state or last_only) else None
         n = len(self.blocks)
-        if not self.config.use_temporal:
-            feats = None
-        elif uses_plan(self.config.backend, dev):  # the temporal operands are the same in every block: once
-            feats = self.temporal.prepare(timestamps, lengths, query_timestamps, x.dtype, ends=ends,
-                                          all_outputs=not last_only or n > 1, last_outputs=last_only,
-                                          final_state=output_final_state, ragged=ragged,
-                                          head_width=self.config.embedding_dim // (2 * self.temporal.num_periods))
-        else:
-            feats = self.temporal(timestamps, lengths, query_timestamps)
+        feats = None
+        if self.config.use_temporal:  # the temporal operands are the same in every block: computed once
+            feats = self.temporal.prefill_features(
+                timestamps, lengths, query_timestamps, x.dtype, self.config.backend, ends=ends,
+                all_outputs=not last_only or n > 1, last_outputs=last_only, final_state=output_final_state,
+                ragged=ragged, head_width=self.config.embedding_dim // (2 * self.temporal.num_periods))
         states = []
         for i, block in enumerate(self.blocks):
-            x, s = block(x, feats, lengths=ends, output_final_state=output_final_state,
-                         outputs="last" if last_only and i == n - 1 else "all", backend=self.config.backend)
+            x, s = block._forward(x, feats, lengths=ends, output_final_state=output_final_state,
+                                  outputs="last" if last_only and i == n - 1 else "all", backend=self.config.backend)
             states.append(s)
         return x, (states if output_final_state else None)
 
@@ -103,13 +102,12 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         positions = torch.arange(T, device=dev)[None, :].expand(B, T)[valid][None, :]  # (1, total)
         cu_seqlens = F.pad(torch.cumsum(lengths.long(), 0), (1, 0))
         x = self._embed(item_ids[valid][None, :], positions)
-        feats = self.temporal(timestamps, lengths, query_timestamps) if self.config.use_temporal else None
-        if feats is not None:
-            feats = TemporalFeatures(q=feats.q[valid][None], k=feats.k[valid][None], g=feats.g[valid][None])
+        feats = (self.temporal(timestamps, lengths, query_timestamps).select_rows(valid) if self.config.use_temporal
+                 else None)
         states = []
         n = len(self.blocks)
         for i, block in enumerate(self.blocks):
-            x, s = block(x, feats, positions=positions, cu_seqlens=cu_seqlens, output_final_state=output_final_state,
+            x, s = block._forward(x, feats, positions=positions, cu_seqlens=cu_seqlens, output_final_state=output_final_state,
                          outputs="last" if last_only and i == n - 1 else "all", backend=self.config.backend)
             states.append(s)
         return (x if last_only else x[0]), valid, (states if output_final_state else None)

@@ -121,10 +121,11 @@ class SequentialRetrievalMixin:
     """
 
     def _init_input_layer(self, num_items: int, dim: int, num_positions: int, dropout: float) -> None:
-        """Item table ``(num_items + 1, D)`` (truncated normal, std 0.02), learned absolute positions
-        ``(num_positions, D)`` (xavier normal), input dropout."""
+        """Item table ``(num_items + 1, D)`` (normal, std 0.02, truncated at two standard deviations, as
+        released), learned absolute positions ``(num_positions, D)`` (xavier normal), input dropout."""
         self.item_embedding = nn.Embedding(num_items + 1, dim)
-        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        # trunc_normal_'s default bounds are +-2 in absolute value, i.e. 100 standard deviations: no truncation
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02, a=-0.04, b=0.04)
         self.position_embedding = nn.Embedding(num_positions, dim)
         nn.init.xavier_normal_(self.position_embedding.weight)
         self.input_dropout = nn.Dropout(dropout)

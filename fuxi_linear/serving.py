@@ -22,20 +22,36 @@ host synchronisation).
 
 A graph replays the weights it was captured with; the decoder notices changed parameters (in-place updates,
 ``load_state_dict``, replaced parameters) before each step and recaptures.
+
+Durability: ``save(DIR)`` writes a snapshot of the admitted users (their states, rows, positions and last
+event times, the free rows) next to the model's fingerprint, and ``Decoder.load(DIR, model)`` restores it --
+a restarted server continues every user without prefilling their histories again. A crash during a save
+leaves the previous snapshot loadable (:mod:`fuxi_linear.serving_snapshot`).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import torch
 
 from .decode_state import DecodeState
+from .fingerprint import check_fingerprint, model_fingerprint
 from .history_inputs import check_step_events
 from .model import FuXiLinear
 from .ops.value_checks import ValueChecks, resolve_value_check_mode
+from .serving_snapshot import read_snapshot, write_snapshot
 from .utils import check_int
 
 __all__ = ["Decoder", "batch_buckets"]
+
+
+def _storable(user: object) -> bool:
+    """A user id a snapshot can store and load back as the same value (``torch.load(weights_only=True)``)."""
+    if user is None or isinstance(user, (str, int, float, bool)):
+        return True
+    return isinstance(user, tuple) and all(_storable(u) for u in user)
 
 
 def batch_buckets(max_users: int) -> List[int]:
@@ -167,7 +183,8 @@ class Decoder:
 
     def state_of(self, users: Sequence[Hashable]) -> DecodeState:
         """A copy of the given users' states (``DecodeState.select`` of their rows)."""
-        return self.pool.select([self.row_of(u) for u in users])
+        rows = [self.row_of(u) for u in users]
+        return self.pool.select(torch.tensor(rows, dtype=torch.int64, device=self.device))  # [] stays an int index
 
     @staticmethod
     def _user_list(users: Sequence[Hashable], what: str) -> List[Hashable]:
@@ -214,6 +231,63 @@ class Decoder:
         for u in users:
             self._free.append(self._rows.pop(u))
             del self._positions[u]
+
+    # ------------------------------------------------------------------ durability
+    def save(self, directory: Union[str, os.PathLike], keep: int = 1) -> Path:
+        """Snapshot the admitted users into ``directory`` (created if needed) and return the snapshot's folder.
+
+        Written: each admitted user's state (all channels, last event time, position), the user -> row map in
+        admission order, the free rows in the order they will be handed out, and the model's fingerprint. The
+        new snapshot becomes current atomically, after it is complete and synced, so a crash during a save
+        leaves the previous snapshot loadable; ``keep`` newest snapshots are kept. User ids must be str, int,
+        float, bool, None or tuples of them (what a snapshot can store without running code on load).
+        """
+        check_int("keep", keep)
+        users = self.users
+        bad = [u for u in users if not _storable(u)]
+        if bad:
+            raise TypeError(f"cannot save users {bad[:5]!r}: a snapshot stores user ids that are str, int, float, "
+                            f"bool, None or tuples of them")
+        rows = [self._rows[u] for u in users]
+        manifest = {"fingerprint": model_fingerprint(self.model), "max_users": self.max_users, "users": users,
+                    "rows": rows, "positions": [self._positions[u] for u in users], "free": list(self._free)}
+        state = self.pool.select(torch.tensor(rows, dtype=torch.int64, device=self.device))  # no users: 0 rows
+        return write_snapshot(directory, manifest, state, keep=keep)
+
+    @classmethod
+    def load(cls, directory: Union[str, os.PathLike], model: FuXiLinear, max_users: Optional[int] = None,
+             device: Union[str, torch.device, None] = None, check_model: bool = True, **kwargs) -> "Decoder":
+        """A decoder serving the users of ``directory``'s current snapshot (:meth:`save`), on ``model``.
+
+        The snapshot must come from a model with the same weights and configuration (its fingerprint), else
+        ``ValueError`` -- unless ``check_model=False``. ``max_users`` (default: the saved one) may be changed
+        as long as every saved user fits; with the saved size each user gets its saved row back and the free
+        rows are handed out in the saved order (the restored decoder then behaves exactly as the saved one
+        would have). ``kwargs``: the other :class:`Decoder` arguments. A missing, truncated or foreign file is
+        a clear error naming it.
+        """
+        if not isinstance(model, FuXiLinear):
+            raise TypeError(f"model must be a FuXiLinear, got {type(model).__name__}")
+        manifest, state, folder = read_snapshot(directory)
+        check_fingerprint(manifest["fingerprint"], model, f"decoder snapshot {folder}", check_model)
+        users, n = manifest["users"], len(manifest["users"])
+        size = manifest["max_users"] if max_users is None else max_users
+        check_int("max_users", size)
+        if n > size:
+            raise ValueError(f"the snapshot {folder} holds {n} users, more than max_users={size}")
+        decoder = cls(model, size, device=device, **kwargs)
+        if size == manifest["max_users"]:
+            rows, free = list(manifest["rows"]), list(manifest["free"])
+            if sorted(rows + free) != list(range(size)):
+                raise ValueError(f"{folder / 'manifest.pt'} is inconsistent: its rows and free rows do not "
+                                 f"cover 0..{size - 1} once each")
+        else:  # another size: the users in admission order in the first rows
+            rows, free = list(range(n)), list(range(size - 1, n - 1, -1))
+        decoder.pool.write_rows(torch.tensor(rows, dtype=torch.int64, device=decoder.device), state)
+        decoder._free = free
+        decoder._rows = dict(zip(users, rows))
+        decoder._positions = dict(zip(users, (int(p) for p in manifest["positions"])))
+        return decoder
 
     # ------------------------------------------------------------------ step
     def step(self, users: Sequence[Hashable], item_ids: torch.Tensor, timestamps: torch.Tensor,

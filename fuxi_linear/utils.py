@@ -76,18 +76,39 @@ def progress(iterable: Optional[Iterable] = None, enabled: bool = True, **kwargs
     return tqdm(iterable, **kwargs)
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
-    """Write ``path`` by ``write(tmp)`` on a temporary file next to it, then rename that into place.
+def fsync_path(path: Union[str, os.PathLike]) -> None:
+    """Flush a file's (or a folder's) contents and metadata to the disk (``os.fsync``); a no-op for folders on
+    platforms that cannot open them (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None],
+                 before_replace: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write ``path`` by ``write(tmp)`` on a temporary file next to it, then rename that into place, durably.
 
     ``os.replace`` is atomic on POSIX and Windows, so a reader (or a resumed run) sees the old file or the new
-    one, never a half-written one. The temporary name is per process (``.NAME.PID.tmp``: several processes may
-    write the same cache file) and is removed when ``write`` fails. The parent folder must exist.
+    one, never a half-written one. The temporary file is fsynced before the rename and the folder after it, so
+    that after a power cut the folder holds the old file or the complete new one (a rename can otherwise reach
+    the disk before the data it names). The temporary name is per process (``.NAME.PID.tmp``: several
+    processes may write the same cache file) and is removed when ``write`` fails. The parent folder must exist.
+    ``before_replace(tmp)`` runs between the sync and the rename (the crash tests' hook).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        fsync_path(tmp)
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -105,4 +126,4 @@ def atomic_write_json(path: Union[str, os.PathLike], obj: Any, **dumps_kwargs: A
 
 
 __all__ = ["INT_DTYPES", "is_int", "check_int", "check_positive_ints", "resolve_device", "progress",
-           "atomic_write", "atomic_write_text", "atomic_write_json"]
+           "fsync_path", "atomic_write", "atomic_write_text", "atomic_write_json"]

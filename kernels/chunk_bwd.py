@@ -30,7 +30,7 @@ from .common import (add_boundary_state, chunk_decay, decay_diff, decay_value, h
 __all__ = ["decay_attn_bwd_dq_kernel", "decay_attn_bwd_dkv_kernel"]
 
 
-@triton.jit(do_not_specialize=["T", "TT", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sd_b", "sdq_b", "T", "TT", "L", "NS"])
 def decay_attn_bwd_dq_kernel(
     q, k, v, g, g_gamma, do, h_in, dq, qdq, h_out, cu_seqlens, seg_first, seg_seq,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sd_b, sd_t, sd_h,
@@ -106,7 +106,7 @@ def decay_attn_bwd_dq_kernel(
         tl.store(h_out + n * (H * K * V) + o_kv, b_s, mask=m_kv)
 
 
-@triton.jit(do_not_specialize=["T", "TT", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sd_b", "sdk_b", "sdv_b", "T", "TT", "L", "NS"])
 def decay_attn_bwd_dkv_kernel(
     q, k, v, g, g_gamma, do, dh_in, dk, dv, kdk, dh0, cu_seqlens, seg_first, seg_seq,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sd_b, sd_t, sd_h,

@@ -21,7 +21,7 @@ from .common import (add_boundary_state, chunk_decay, decay_diff, decay_value, h
 __all__ = ["decay_attn_fwd_kernel"]
 
 
-@triton.jit(do_not_specialize=["T", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "so_b", "T", "L", "NS"])
 def decay_attn_fwd_kernel(
     q, k, v, g, g_gamma, h_in, o, h_out, cu_seqlens, seg_first, seg_seq,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, so_b, so_t, so_h,

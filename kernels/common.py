@@ -7,9 +7,12 @@ sequence ``w // NS`` (every sequence has ``T`` tokens and ``NS = cdiv(T, L)`` se
 (``IS_VARLEN``) the segment ``w - seg_first[n]`` of sequence ``n = seg_seq[w]``.
 
 Addressing. Every tensor is addressed through its own (batch, token, head) strides with a unit stride on the
-last axis, so strided views (q/k/v sliced out of one projection) are read in place. The launcher passes a
-batch stride of 0 for packed input (one batch row) and for q/k shared by every sequence. Row offsets are
-int64 (program ids, sequence starts and chunk starts are int64 scalars).
+last axis, so strided views (q/k/v sliced out of one projection) are read in place. The batch stride is given
+in token rows (``stride(0) / stride(1)``: T for a ``(B, T, ...)`` tensor, 0 for packed input and for q/k
+shared by every sequence), so a sequence starts at ``(n * s_b + bos) * s_t`` elements: the batch stride changes
+with T and is never specialised, while the token stride (``H * K`` or a projection's width, T-independent) keeps
+telling the compiler how rows are aligned. Row offsets are int64 (program ids, sequence starts and chunk starts
+are int64 scalars).
 
 Decay. Inside a chunk the kernels use the cumulative log-decay ``b_i = sum_{r <= i} g_r``, in log2 units (g is
 multiplied by log2(e) once, so every exponential is one ``exp2``). Products need ``exp(b_i - b_j)``: a float32
@@ -171,9 +174,9 @@ def head_log2_decay(g_gamma, i_h, DECAY: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def sequence_rows(x, n, bos, s_b, s_t):
-    """Pointer to the first token of sequence ``n`` (batch row ``n``, or packed row ``bos``) of a tensor
-    addressed through its (batch, token) strides; add ``head * s_h`` for one head."""
-    return x + n * s_b + bos * s_t
+    """Pointer to the first token of sequence ``n`` (batch row ``n``, or packed row ``bos``) of a tensor with
+    batch stride ``s_b`` token rows and token stride ``s_t`` elements; add ``head * s_h`` for one head."""
+    return x + (n * s_b + bos) * s_t
 
 
 @triton.jit

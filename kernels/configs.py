@@ -17,6 +17,7 @@ __all__ = [
     "operand_class",
     "programs_per_work_item",
     "segment_length",
+    "summary_chunk",
     "PROGRAMS_PER_SM",
     "MIN_SEGMENT_CHUNKS",
     "MAX_K",
@@ -140,11 +141,23 @@ def programs_per_work_item(cfg: LaunchConfig, H: int) -> int:
 def segment_length(programs: int, T: int, BT: int, sm_count: int) -> Optional[int]:
     """Segment length (tokens, a multiple of BT) that splits sequences of ~T tokens so that ``programs``
     (the launch's programs per segment position: sequences x heads x V-blocks, or head blocks) times the
-    segment count reaches ``PROGRAMS_PER_SM * sm_count``; None when no split is needed or possible."""
+    segment count reaches ``PROGRAMS_PER_SM * sm_count``; None when no split is needed or possible.
+
+    The longest such length: ``ceil(T / L) >= n`` segments (n = ``ceil(target / programs)``) holds exactly when
+    ``L < T / (n - 1)``. Where even segments of ``MIN_SEGMENT_CHUNKS`` chunks are too few, those (the most
+    segments allowed)."""
     target = PROGRAMS_PER_SM * sm_count
     if programs <= 0 or programs >= target or T <= MIN_SEGMENT_CHUNKS * BT:
         return None
-    n_segments = math.ceil(target / programs)
-    L = max(math.ceil(T / n_segments), MIN_SEGMENT_CHUNKS * BT)
-    L = math.ceil(L / BT) * BT
+    n_segments = math.ceil(target / programs)  # >= 2
+    longest = (math.ceil(T / (n_segments - 1)) - 1) // BT * BT  # the largest multiple of BT below T / (n - 1)
+    L = max(longest, MIN_SEGMENT_CHUNKS * BT)
     return L if L < T else None
+
+
+def summary_chunk(main: LaunchConfig, summary: LaunchConfig) -> int:
+    """Chunk length of the split-T summary kernel in a launch whose main kernel runs ``main``: its configured
+    one, or the main kernel's when that is shorter. Segments are multiples of the main kernel's chunk (powers of
+    two), so the summary's chunks tile every segment; and the length depends on the configurations only, never
+    on T or the segment length (a T-dependent block size would compile the summary again for new lengths)."""
+    return min(summary.BT, main.BT)

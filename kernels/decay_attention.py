@@ -19,8 +19,9 @@ responsibility:
 Compile-time switches (``tl.constexpr``) rather than copies: head sizes ``H, K, V`` and their padded blocks,
 chunk length ``BT``, ``DECAY`` (0 none, 1 per-token ``g``, 2 per-head ``g_gamma``), ``USE_H0``/``USE_DHT``,
 ``IS_VARLEN`` (``cu_seqlens``), ``SPLIT`` (segments), ``ATOMIC`` (gradient rows shared by several programs)
-and ``PRECISION`` (``tl.dot`` input precision of float32 products). T, segment lengths and counts are runtime
-arguments that are never specialised: a new T never recompiles.
+and ``PRECISION`` (``tl.dot`` input precision of float32 products). T, segment lengths and counts and the batch
+strides (which change with T) are runtime arguments that are never specialised, and no block size depends on T
+(``configs.summary_chunk``): a new T never recompiles (``tests/test_kernels.py`` checks the compile-cache keys).
 """
 from .chunk_bwd import decay_attn_bwd_dkv_kernel, decay_attn_bwd_dq_kernel
 from .chunk_fwd import decay_attn_fwd_kernel

@@ -8,9 +8,11 @@ wheel).
 Variants: the three FuXi channel shapes (retention H=4 K=32 V=32 per-head decay; temporal H=16 K=2 V=8
 per-token decay; positional H=1 K=32 V=128 shared q/k, no decay) x input dtype (float32 with the default
 "tf32x3" products; bfloat16 with "tf32") x kernel (main kernels whole-sequence and split-T, the split-T
-summary and scan kernels), with the launch configurations of :mod:`fuxi_linear.kernels.configs`. Arguments
-are typed as the launcher passes them (16-byte aligned pointers; strides of contiguous ``(B, T, H, .)``
-tensors, marked divisible by 16 where they are, as the JIT specialises them). Registers, spill bytes and
+summary and scan kernels), with the launch configurations of :mod:`fuxi_linear.kernels.configs` (the forward
+summary at the forward kernel's chunk length, the reverse one at the dk/dv kernel's: ``configs.summary_chunk``).
+Arguments are typed as the launcher passes them (16-byte aligned pointers; strides of contiguous ``(B, T, H, .)``
+tensors, marked divisible by 16 where they are and the JIT specialises them: not the batch strides, which are
+never specialised). Registers, spill bytes and
 stack come from the ptxas log of the compile itself (compiled afresh, the result also lands in the usual
 triton cache), shared memory from Triton's metadata.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -106,12 +109,10 @@ def _arguments(v: Variant, config: Optional[configs.LaunchConfig] = None):
     elem, precision = DTYPES[v.dtype]
     base = v.kernel.replace("_rev", "")
     cfg = config or configs.prefill_config(base, H, K, V, precision, half_inputs=elem != "fp32")
-    B = 64
-    qk = _contiguous_strides(1 if shared else B, _T, H, K)[:3]
-    if shared:
-        qk[0] = 0
-    vv = _contiguous_strides(B, _T, H, V)[:3]
-    gg = _contiguous_strides(B, _T, H)
+    # batch strides in token rows, as the launcher passes them (0: q/k shared by the batch)
+    qk = [0 if shared else _T] + _contiguous_strides(_T, H, K)[:2]
+    vv = [_T] + _contiguous_strides(_T, H, V)[:2]
+    gg = [_T] + _contiguous_strides(_T, H)
     strides = dict(sq=qk, sk=qk, sdq=qk, sdk=qk, sv=vv, sd=vv, so=vv, sdv=vv, sg=gg)
     const = dict(H=H, K=K, V=V, BK=cfg.BK, BV=cfg.BV, DECAY=DECAY, IS_VARLEN=False)
     reverse = v.kernel.endswith("_rev")
@@ -119,7 +120,10 @@ def _arguments(v: Variant, config: Optional[configs.LaunchConfig] = None):
         fn = segment_summary_kernel if base == "summary" else segment_scan_kernel
         const.update(REVERSE=reverse)
         if base == "summary":
-            const.update(BT=cfg.BT, PRECISION=precision)
+            main = configs.prefill_config("bwd_dkv" if reverse else "fwd", H, K, V, precision,
+                                          half_inputs=elem != "fp32")
+            const.update(BT=configs.summary_chunk(main, cfg), PRECISION=precision)
+            cfg = dataclasses.replace(cfg, BT=const["BT"])
             if reverse:  # x = q, y = do
                 strides.update(sx=qk, sy=vv)
             else:  # x = k, y = v
@@ -161,7 +165,7 @@ def _arguments(v: Variant, config: Optional[configs.LaunchConfig] = None):
             value = strides[name[:-2]]["bth".index(name[-1])]
             signature[name] = "i32"
             values[name] = value
-            if value % 16 == 0:
+            if value % 16 == 0 and name not in fn.do_not_specialize:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             if name in data:

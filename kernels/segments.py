@@ -24,7 +24,7 @@ from .common import (chunk_decay, decay_diff, decay_value, head_log2_decay, sequ
 __all__ = ["segment_summary_kernel", "segment_scan_kernel"]
 
 
-@triton.jit(do_not_specialize=["T", "L", "NS"])
+@triton.jit(do_not_specialize=["sx_b", "sy_b", "sg_b", "T", "L", "NS"])
 def segment_summary_kernel(
     x, y, g, g_gamma, summary, seg_decay, cu_seqlens, seg_first, seg_seq,
     sx_b, sx_t, sx_h, sy_b, sy_t, sy_h, sg_b, sg_t, sg_h,

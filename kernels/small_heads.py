@@ -87,7 +87,7 @@ def _rows(base, t0, s_t, s_h, o_i, o_h, o_x, m_t, m_h, m_x):
     return p, m_t[:, None, None] & m_h[None, :, None] & m_x[None, None, :]
 
 
-@triton.jit(do_not_specialize=["T", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "so_b", "T", "L", "NS"])
 def small_heads_fwd_kernel(
     q, k, v, g, g_gamma, h_in, o, h_out, cu_seqlens, seg_first, seg_seq,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, so_b, so_t, so_h,
@@ -150,7 +150,7 @@ def small_heads_fwd_kernel(
         tl.store(h_out + n * (H * K * V) + o_s, b_s, mask=m_s)
 
 
-@triton.jit(do_not_specialize=["T", "TT", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sd_b", "sdq_b", "T", "TT", "L", "NS"])
 def small_heads_bwd_dq_kernel(
     q, k, v, g, g_gamma, do, h_in, dq, qdq, h_out, cu_seqlens, seg_first, seg_seq,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sd_b, sd_t, sd_h,
@@ -224,7 +224,7 @@ def small_heads_bwd_dq_kernel(
         tl.store(h_out + n * (H * K * V) + o_s, b_s, mask=m_s)
 
 
-@triton.jit(do_not_specialize=["T", "TT", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sd_b", "sdk_b", "sdv_b", "T", "TT", "L", "NS"])
 def small_heads_bwd_dkv_kernel(
     q, k, v, g, g_gamma, do, dh_in, dk, dv, kdk, dh0, cu_seqlens, seg_first, seg_seq,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sd_b, sd_t, sd_h,

@@ -70,6 +70,39 @@ def positional_loop(vp, table):
     return out
 
 
+def block_one_user(params, x, ts, t_query, periods, b):
+    """One block (SPEC §5) on one history ``x (n, D)`` float64: ``params`` are the block's tensors under the
+    released names without the ``_fuxi._attention_layers.{i}.`` prefix (``_uvqk``, ``_retention._gamma``, ...),
+    ``ts`` n int times, ``t_query`` the request time, ``periods`` Ht ints, ``b (Ht,)`` the shared temporal decay."""
+    n, D = x.shape
+    Ht = len(periods)
+    xh = _ln(x)
+    a_ret = params["_retention._gamma"]
+    H = a_ret.shape[0]
+    W = params["_uvqk"]
+    dqk = (W.shape[1] - 4 * D) // (2 * H)
+    uvqk = _silu(xh @ W)
+    u = uvqk[:, : 3 * D]
+    q = uvqk[:, 3 * D: 3 * D + H * dqk].reshape(n, H, dqk)
+    k = uvqk[:, 3 * D + H * dqk: 3 * D + 2 * H * dqk].reshape(n, H, dqk)
+    v = uvqk[:, 3 * D + 2 * H * dqk:].reshape(n, H, D // H)
+    y_s = retention_loop(q, k, v, a_ret).reshape(n, D)
+    vt = (xh @ params["_channel_t.proj_v.weight"].t()).reshape(n, 2 * Ht, D // (2 * Ht))
+    ot = temporal_loop(vt, ts, t_query, periods, b)
+    if "_channel_t.alpha" in params:  # the skip connection (aug_current, SPEC §3), off in ML-20M (SPEC §10)
+        y_t = (params["_channel_t.alpha"][:, None] * ot + params["_channel_t.beta"][:, None] * vt).reshape(n, D)
+    else:
+        y_t = ot.reshape(n, D)
+    vp = xh @ params["_channel_p._proj_p.weight"].t()
+    op = positional_loop(vp, params["_channel_p._emb"])
+    y_p = params["_channel_p._alpha"] * op + params["_channel_p._beta"] * vp
+    a = u * torch.cat([_ln(y_s), _ln(y_t), _ln(y_p)], dim=-1)
+    h = a @ params["_mffn.lin0.weight"].t() + x
+    z = h / torch.sqrt((h ** 2).mean(-1, keepdim=True) + 1e-6)
+    return (_silu(z @ params["_mffn.lin1.weight"].t()) * (z @ params["_mffn.lin3.weight"].t())) @ params[
+        "_mffn.lin2.weight"].t() + h
+
+
 def encode_one_user(sd, item_ids, ts, t_query):
     """User vectors (n, D) for one history under the released parameter names ``sd`` (float64 tensors)."""
     sd = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
@@ -85,41 +118,23 @@ def encode_one_user(sd, item_ids, ts, t_query):
     b = b.expand(Ht) if b.numel() == 1 else b
     for layer in range(num_layers):
         p = f"_fuxi._attention_layers.{layer}."
-        xh = _ln(x)
-        a_ret = sd[p + "_retention._gamma"]
-        H = a_ret.shape[0]
-        W = sd[p + "_uvqk"]
-        dqk = (W.shape[1] - 4 * D) // (2 * H)
-        uvqk = _silu(xh @ W)
-        u = uvqk[:, : 3 * D]
-        q = uvqk[:, 3 * D: 3 * D + H * dqk].reshape(n, H, dqk)
-        k = uvqk[:, 3 * D + H * dqk: 3 * D + 2 * H * dqk].reshape(n, H, dqk)
-        v = uvqk[:, 3 * D + 2 * H * dqk:].reshape(n, H, D // H)
-        y_s = retention_loop(q, k, v, a_ret).reshape(n, D)
-        vt = (xh @ sd[p + "_channel_t.proj_v.weight"].t()).reshape(n, 2 * Ht, D // (2 * Ht))
-        ot = temporal_loop(vt, ts, t_query, periods, b)
-        y_t = (sd[p + "_channel_t.alpha"][:, None] * ot + sd[p + "_channel_t.beta"][:, None] * vt).reshape(n, D)
-        vp = xh @ sd[p + "_channel_p._proj_p.weight"].t()
-        op = positional_loop(vp, sd[p + "_channel_p._emb"])
-        y_p = sd[p + "_channel_p._alpha"] * op + sd[p + "_channel_p._beta"] * vp
-        a = u * torch.cat([_ln(y_s), _ln(y_t), _ln(y_p)], dim=-1)
-        h = a @ sd[p + "_mffn.lin0.weight"].t() + x
-        z = h / torch.sqrt((h ** 2).mean(-1, keepdim=True) + 1e-6)
-        x = (_silu(z @ sd[p + "_mffn.lin1.weight"].t()) * (z @ sd[p + "_mffn.lin3.weight"].t())) @ sd[
-            p + "_mffn.lin2.weight"].t() + h
+        x = block_one_user({k[len(p):]: v for k, v in sd.items() if k.startswith(p)}, x, ts, t_query, periods, b)
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
 
 
 def random_official_state_dict(num_items=30, D=32, H=2, dqk=8, num_layers=2, Ht=4, P=8, L=20, ffn_mult=2,
-                               learn_gamma=True, periods=None, seed=0):
-    """A released-format state dict with random (non-initial) weights, so every parameter matters."""
+                               learn_gamma=True, periods=None, seed=0, temporal_skip=True, chunked=True):
+    """A released-format state dict with random (non-initial) weights, so every parameter matters.
+
+    ``temporal_skip=False``: no ``_channel_t.alpha``/``beta`` (the released ML-20M configuration);
+    ``chunked=False``: a positional table of L + 11 rows instead of L + 11 rounded up to 128."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=0.3):
         return torch.randn(*shape, generator=g) * std
 
     periods = periods if periods is not None else [16 ** m for m in range(1, Ht + 1)]
-    Nmax = -(-(L + 11) // 128) * 128
+    Nmax = -(-(L + 11) // 128) * 128 if chunked else L + 11  # the released table without chunking: L + 11
     sd = {
         "_embedding_module._item_emb.weight": rnd(num_items + 1, D),
         "_input_features_preproc._pos_emb.weight": rnd(L + 11, D),
@@ -130,8 +145,9 @@ def random_official_state_dict(num_items=30, D=32, H=2, dqk=8, num_layers=2, Ht=
         sd[p + "_retention._gamma"] = rnd(H, std=1.0)
         sd[p + "_channel_t._gamma"] = rnd(Ht, std=1.0) if (learn_gamma and i == 0) else torch.zeros(1)
         sd[p + "_channel_t.proj_v.weight"] = rnd(D, D, std=0.2)
-        sd[p + "_channel_t.alpha"] = rnd(2 * Ht, std=0.5)
-        sd[p + "_channel_t.beta"] = 1 + rnd(2 * Ht, std=0.2)
+        if temporal_skip:
+            sd[p + "_channel_t.alpha"] = rnd(2 * Ht, std=0.5)
+            sd[p + "_channel_t.beta"] = 1 + rnd(2 * Ht, std=0.2)
         sd[p + "_channel_t._intervals"] = torch.tensor(periods, dtype=torch.int64)
         sd[p + "_channel_t._scale_factor"] = 2 * math.pi / torch.tensor(periods, dtype=torch.float64)
         sd[p + "_channel_p._emb"] = rnd(Nmax, P, std=0.5)

@@ -64,7 +64,7 @@ def test_ml100k_garbled_line_reports_line_number(tmp_path):
     with pytest.raises(ValueError, match=r"u\.data, line 3.*integer"):
         load_movielens_100k(path)
     path = _write(tmp_path / "short" / "u.data", "1\t2\t3\t100\n1\t3\n")
-    with pytest.raises(ValueError, match=r"u\.data, line 2: expected at least 4 fields"):
+    with pytest.raises(ValueError, match=r"u\.data, line 2: expected 4 fields"):
         load_movielens_100k(path)
 
 
@@ -109,10 +109,10 @@ def test_ml20m_header_by_name(tmp_path):
 
 def test_fast_path_chunks_and_slow_path_agree(tmp_path, monkeypatch):
     # Small chunks so several chunks go through numpy, one through Python
-    # (the line with spaces and an extra column is still valid).
+    # (the line with spaces around its values is still valid).
     monkeypatch.setattr(delimited, "_CHUNK_LINES", 3)
     rows = [f"{u},{i},1.0,{1000 + i}" for u, i in [(1, 1), (2, 5), (1, 3), (3, 3), (2, 2), (1, 9), (3, 4)]]
-    rows[4] = " 2 , 2 ,1.0, 1002 ,extra"
+    rows[4] = " 2 , 2 ,1.0, 1002 "
     path = _write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n\n")
     log = load_movielens_20m(path)
     assert log.num_events == 7
@@ -121,6 +121,12 @@ def test_fast_path_chunks_and_slow_path_agree(tmp_path, monkeypatch):
         (2, 2, 1002), (2, 5, 1005),
         (3, 3, 1003), (3, 4, 1004),
     ]
+    # A line with an extra field is an error, named (two records run together would otherwise be read as one).
+    extra = list(rows)
+    extra[4] = " 2 , 2 ,1.0, 1002 ,extra"
+    path = _write(tmp_path / "e" / "ratings.csv", "userId,movieId,rating,timestamp\n" + "\n".join(extra) + "\n")
+    with pytest.raises(ValueError, match=r"ratings\.csv, line 6: expected 4 fields separated by ',', found 5"):
+        load_movielens_20m(path)
     # Line numbers stay physical across chunks (header = line 1).
     rows[5] = "1,9,1.0,12x"
     path = _write(tmp_path / "x" / "ratings.csv", "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")

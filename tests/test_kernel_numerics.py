@@ -3,9 +3,10 @@ strided q/k/v/g (slices of one projection) read in place — each against the fl
 import pytest
 import torch
 
+from error_bounds import check_errors
 from fuxi_linear.ops import chunk_decay_attention, parallel_decay_attention
 from fuxi_linear.ops import triton_launchers as launchers
-from kernel_helpers import C, DEVICE, TOL, check_against_math, kernel_settings, make_inputs, rel_rms  # noqa: F401
+from kernel_helpers import C, DEVICE, check_against_math, kernel_settings, make_inputs, rel_rms  # noqa: F401
 
 
 def strong_decay_inputs(B, T, H, K, V, seed=0):
@@ -30,12 +31,12 @@ def test_strong_decay_inputs_defeat_a_float32_cumulative_sum():
 
 @pytest.mark.parametrize("small_heads,H", [(True, 16), (False, 4)], ids=["small_heads", "general"])
 def test_strong_decays_keep_float32_accuracy(small_heads, H, monkeypatch):
-    """Temporal shape (K=2, V=8), chunk length 64: outputs and final state within 1e-6 of float64, every
-    gradient (including dg) within the usual 1e-5."""
+    """Temporal shape (K=2, V=8), chunk length 64: outputs, final state and every gradient (dg included) at
+    float32 accuracy, as with mild decays (a float32 cumulative decay would lose it: the test above)."""
     monkeypatch.setattr(launchers, "SMALL_HEADS", small_heads)
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
     x = strong_decay_inputs(1, 2 * 64 + 5, H, 2, 8)
-    check_against_math(x, tol={"default": TOL, "o": 1e-6, "final_state": 1e-6})
+    check_against_math(x)
 
 
 def test_strong_per_head_decay(monkeypatch):
@@ -43,7 +44,7 @@ def test_strong_per_head_decay(monkeypatch):
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
     x = make_inputs(1, 64 + 9, 2, 32, 32, "gamma", h0=True)
     x["g_gamma"] = torch.tensor([-20.0, -0.05], device=DEVICE)
-    check_against_math(x, tol={"default": TOL, "o": 1e-6, "final_state": 1e-6})
+    check_against_math(x)
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
@@ -99,9 +100,5 @@ def test_strided_projection_views(H, K, V, mode):
     got = run(torch.float32, "triton")
     expected = run(torch.float64, "reference")
     names = ["o", "final_state", "d_projection", "d_g", "d_g_gamma", "d_initial_state"]
-    errors = {n: rel_rms(a, b) for n, a, b in zip(names, got, expected)}
-    # dg_gamma: 2 numbers, each a sum of ~150 nearly cancelling per-token terms; on the general-kernel draw
-    # it measures 1.06e-5 here (and 1.07e-5 with the previous kernels, which formed those terms in float64)
-    tols = {n: 3e-5 if n == "d_g_gamma" else TOL for n in names}
-    bad = {n: e for n, e in errors.items() if not e <= tols[n]}
-    assert not bad, (bad, errors)
+    # dg_gamma: 2 numbers, each a sum of ~150 nearly cancelling per-token terms (the largest relative error here)
+    check_errors({n: rel_rms(a, b) for n, a, b in zip(names, got, expected)})

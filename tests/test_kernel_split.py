@@ -70,21 +70,51 @@ def test_split_shared_qk(H, K, V, split):
     check_against_math(make_inputs(3, 4 * C + 5, H, K, V, "none", h0=True, shared_qk=True))
 
 
-@pytest.mark.parametrize("channel,H,K,V", [("retention", 4, 32, 32), ("temporal", 16, 2, 8),
-                                          ("positional", 1, 32, 128)])
+H100_SMS = 132
+#: The plan's design target on an H100: PROGRAMS_PER_SM programs per SM
+H100_TARGET = 4 * H100_SMS
+FUXI_SHAPES = [("retention", 4, 32, 32), ("temporal", 16, 2, 8), ("positional", 1, 32, 128)]
+
+
+def _h100_plan(kernel, H, K, V, B, T, precision, half):
+    cfg = configs.prefill_config(kernel, H, K, V, precision, half_inputs=half)
+    per_item = configs.programs_per_work_item(cfg, H)
+    L = configs.segment_length(B * per_item, T, cfg.BT, H100_SMS)
+    return cfg, per_item, L, B * per_item * (math.ceil(T / L) if L else 1)
+
+
+@pytest.mark.parametrize("channel,H,K,V", FUXI_SHAPES)
 @pytest.mark.parametrize("B,T", [(1, 8192), (64, 1024)])
 @pytest.mark.parametrize("kernel", ["fwd", "bwd_dq", "bwd_dkv"])
 @pytest.mark.parametrize("precision,half", [("tf32x3", False), ("tf32", False), ("tf32", True)],
                          ids=["fp32", "fp32_tf32", "bf16"])
 def test_split_plan_fills_an_h100(channel, H, K, V, B, T, kernel, precision, half):
-    """On 132 SMs, one long history (B=1, T=8192) and a batch of shorter ones (B=64, T=1024) both launch at
-    least 2 programs per SM; a batch that fills the GPU by itself is not split."""
-    sms = 132
-    cfg = configs.prefill_config(kernel, H, K, V, precision, half_inputs=half)
-    per_item = configs.programs_per_work_item(cfg, H)
-    L = configs.segment_length(B * per_item, T, cfg.BT, sms)
-    programs = B * per_item * (math.ceil(T / L) if L else 1)
-    assert programs >= 2 * sms, (L, programs)
-    if L is not None:
-        assert L % cfg.BT == 0 and L >= configs.MIN_SEGMENT_CHUNKS * cfg.BT
-    assert configs.segment_length(configs.PROGRAMS_PER_SM * sms, T, cfg.BT, sms) is None
+    """On 132 SMs one long history (B=1, T=8192) and a batch of shorter ones (B=64, T=1024) reach the design
+    target of 4 programs per SM (528) with the longest segments that do (one chunk longer and they would not);
+    where even one-chunk segments are too few (a history of one or two head programs), the plan cuts one-chunk
+    segments, the most there can be. A batch that fills the GPU by itself is not split."""
+    assert configs.PROGRAMS_PER_SM * H100_SMS == H100_TARGET
+    cfg, per_item, L, programs = _h100_plan(kernel, H, K, V, B, T, precision, half)
+    assert L is not None and L % cfg.BT == 0 and L < T, L
+    if L == configs.MIN_SEGMENT_CHUNKS * cfg.BT:
+        assert programs == B * per_item * math.ceil(T / cfg.BT)  # the most segments the plan allows
+    else:
+        assert programs >= H100_TARGET, (L, programs)
+        assert B * per_item * math.ceil(T / (L + cfg.BT)) < H100_TARGET, (L, programs)  # L is the longest
+    assert configs.segment_length(H100_TARGET, T, cfg.BT, H100_SMS) is None
+    assert configs.segment_length(B * per_item, cfg.BT, cfg.BT, H100_SMS) is None  # one chunk: nothing to cut
+
+
+@pytest.mark.parametrize("channel,kernel,B,T,expected", [
+    # (segment length, programs), worked out by hand: n = ceil(528 / programs per position) segments are
+    # needed; the longest multiple of the chunk length BT below T / (n - 1) gives at least n of them.
+    ("temporal", "fwd", 1, 8192, (48, 684)),  # 4 head blocks: n = 132, 8192/131 = 62.5 -> 48 (BT 16): 171 segments
+    ("retention", "fwd", 64, 1024, (480, 768)),  # 64 x 4 = 256: n = 3, 1024/2 = 512 -> 480 (BT 32): 3 segments
+    ("temporal", "bwd_dkv", 64, 1024, (496, 768)),  # 256 again: 512 -> 496 (BT 16): 3 segments
+    ("positional", "fwd", 1, 8192, (32, 512)),  # 2 V-blocks: n = 264, 8192/263 = 31.1 < BT 32: one-chunk segments
+    ("positional", "fwd", 64, 1024, (224, 640)),  # 128: n = 5, 1024/4 = 256 -> 224 (BT 32): 5 segments
+])
+def test_split_plan_worked_examples(channel, kernel, B, T, expected):
+    H, K, V = {name: shape for name, *shape in FUXI_SHAPES}[channel]
+    _, _, L, programs = _h100_plan(kernel, H, K, V, B, T, "tf32x3", False)
+    assert (L, programs) == expected

@@ -11,6 +11,16 @@ def test_readme_model_example_runs():
     assert namespace["users"].shape == (2, 6, 64) and namespace["top10"].shape == (2, 10)
 
 
+def test_readme_layers_example_runs():
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    example = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (2, 10, 64) and namespace["y_t"].shape == (2, 64)
+    assert type(namespace["state"]).__name__ == "FuXiLinearBlockState"
+
+
 def _layout_rows(readme: str):
     """The paths each row of the README's layout table names (backticked names ending in ``.py``, ``.md`` or
     ``/``): the row's first path from the repository root, the others too when they hold a ``/``, otherwise

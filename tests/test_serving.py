@@ -111,8 +111,7 @@ def test_stepping_some_users_leaves_the_others_untouched():
     assert all(torch.equal(x, y) for x, y in zip(before.tensors(), after.tensors()))
 
 
-@pytest.fixture
-def served():
+def _served():
     model = tiny_model(dtype=torch.float32, max_seq_len=6, positional_table_size=9, absolute_position_table_size=9)
     hist = Histories(model.config.num_items, seed=3)
     decoder = Decoder(model, max_users=2, device="cpu")
@@ -120,6 +119,11 @@ def served():
     hist.new_user("b", 8)
     decoder.admit(["a", "b"], *hist.batch(["a", "b"], [hist.events["a"][-1][1], hist.events["b"][-1][1]]))
     return model, hist, decoder
+
+
+@pytest.fixture
+def served():
+    return _served()
 
 
 def _events(n, item=1):
@@ -158,11 +162,22 @@ def test_stepping_an_evicted_user_fails(served):
 
 
 def test_positions_beyond_the_tables_fail_on_the_host(served):
+    """The rejected step changes nothing: the whole pool (every user's states, last timestamp and position) is
+    as before, bit for bit, and the next steps give exactly what a twin decoder that never saw the rejected call
+    gives."""
     model, hist, decoder = served  # "b" holds 8 events; the tables have 9 positions
-    decoder.step(["b"], *_events(1))
+    _, _, twin = _served()
+    for d in (decoder, twin):
+        d.step(["b"], *_events(1))
+    before = decoder.pool.clone()
     with pytest.raises(ValueError, match=r"users \['b'\] would reach position 9, beyond the model's position tables"):
         decoder.step(["a", "b"], *_events(2))
-    decoder.step(["a"], *_events(1))  # the failed call changed nothing
+    for name, x, y in zip(("retention", "temporal", "positional", "last_timestamp", "position"),
+                          decoder.pool.tensors(), before.tensors()):
+        assert torch.equal(x, y), name
+    assert decoder.position_of("a") == 3 and decoder.position_of("b") == 9
+    assert torch.equal(decoder.step(["a"], *_events(1, item=7)), twin.step(["a"], *_events(1, item=7)))
+    assert all(torch.equal(x, y) for x, y in zip(decoder.pool.tensors(), twin.pool.tensors()))
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [

@@ -61,7 +61,10 @@ def test_bf16_objective_on_the_kernels_matches_the_reference():
         loss.backward()
         grads[backend, dtype] = torch.cat([p.grad.flatten() for p in model.parameters()])
     fp32, ref16, tri16 = grads["reference", None], grads["reference", torch.bfloat16], grads["triton", torch.bfloat16]
-    assert float((tri16 - ref16).norm()) < 1e-5 * float(ref16.norm())
+    # Both paths round the same bf16 operands; their float32 sums differ in order, which flips a few bf16
+    # roundings downstream: measured 2e-7 .. 3.6e-5 relative over seeds 0-2 and FFN widths 1, 2, 4 (2026-12-05),
+    # against 1.8e-4 .. 2.5e-4 between bf16 and float32
+    assert float((tri16 - ref16).norm()) < 1e-4 * float(ref16.norm())
     assert 0 < float((ref16 - fp32).norm()) < 2e-2 * float(fp32.norm())
 
 

@@ -3,9 +3,12 @@
 :func:`read_columns` reads a file in chunks of lines; each chunk is parsed by ``numpy.loadtxt`` (C
 implementation, only the needed columns). If numpy rejects a chunk, the chunk is re-parsed line by line in
 Python; that slow path is the authority on what is valid and reports the first bad line as
-``"<file>, line <n>: ..."`` (1-based physical line numbers, header included). Lines may carry extra trailing
-fields (they are ignored); blank lines are skipped. Quoted fields spanning several physical lines are not
-supported.
+``"<file>, line <n>: ..."`` (1-based line numbers, header included; ``\n``, ``\r\n`` and ``\r`` end a line).
+Every data line must have the same number of fields (the header's, or the first data line's when there is no
+header): a line with more or fewer is an error -- two records run together, or a value holding the
+delimiter, would otherwise be read as one record, wrongly. Blank lines are skipped. Ids may not contain
+control characters. Quoted fields spanning several physical lines are not supported (an unbalanced quote is
+an error on its line).
 
 Timestamps (``"decimal"`` columns) are parsed as exact decimals (never through float32): e.g. the KuaiRec
 value ``"1593878903.438"`` seconds becomes ``1593878903438`` milliseconds with ``scale_digits=3``. Sub-unit
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import operator
 import re
 import warnings
 from collections.abc import Sequence
@@ -37,6 +41,9 @@ _TOKEN_WIDTHS = (24, 256)
 _DECIMAL_WIDTH = 40
 
 _INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+# Control characters (other than the tab and line ends a file may hold between fields): never part of an id;
+# numpy's fixed-width strings would even drop trailing NULs, merging two ids silently.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Files are decoded with errors="surrogateescape": undecodable bytes become
 # lone surrogates, which lets the line-by-line parser point at the bad line.
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
@@ -146,6 +153,50 @@ def _decimal_fast(strings: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndar
     return values, missing
 
 
+_CONTROL_BYTES = bytes(range(32)) + b"\x7f"
+
+
+def _fast_path_allowed(lines: list[str], text: str, delimiter: str, quoted: bool, num_fields: int) -> bool:
+    """Whether numpy may parse a chunk: no control character, no undecodable byte, and every non-blank line
+    with exactly ``num_fields`` fields. One pass over the chunk's bytes (``bytes.translate``, a few ms per 100k
+    lines) in the common case; anything unusual (a blank line, quotes, a bad line) takes exact per-line checks."""
+    if not text.isascii() and _SURROGATE_RE.search(text):
+        return False
+    data = text.encode("utf-8", "surrogateescape")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    sep = delimiter.encode() if len(delimiter) == 1 and ord(delimiter) < 128 else b""
+    # the control bytes and the separators, in file order (UTF-8 multi-byte characters hold no byte < 128)
+    marks = data.translate(None, _KEEP_MARKS[sep] if sep in _KEEP_MARKS else _keep_marks(sep))
+    if marks.translate(None, sep + b"\n\t\r"):
+        return False  # a control character other than a tab or a line end
+    if quoted and '"' in text:  # quotes may hide separators: the csv module counts
+        try:
+            counts = [len(r) for r in csv.reader(lines, delimiter=delimiter, strict=True)]
+        except csv.Error:
+            return False
+        # a quoted field running over a line end joins lines: fewer records than lines
+        return len(counts) == len(lines) and all(n in (num_fields, 0) for n in counts)
+    if sep:
+        # (num_fields - 1) separators then a line end, line after line: every line has num_fields fields
+        pattern = marks.translate(None, b"\r" if sep == b"\t" else b"\t\r")
+        if pattern == (sep * (num_fields - 1) + b"\n") * (len(pattern) // num_fields):
+            return True
+    want = num_fields - 1  # exact, per line: blank lines break the pattern above
+    counts = np.fromiter(map(operator.methodcaller("count", delimiter), lines), dtype=np.int64, count=len(lines))
+    return all(not lines[i].strip() for i in np.flatnonzero(counts != want))
+
+
+def _keep_marks(sep: bytes) -> bytes:
+    """The bytes ``bytes.translate`` deletes to keep only control bytes and ``sep`` (cached per separator)."""
+    keep = set(_CONTROL_BYTES) | set(sep)
+    _KEEP_MARKS[sep] = bytes(b for b in range(256) if b not in keep)
+    return _KEEP_MARKS[sep]
+
+
+_KEEP_MARKS: dict = {}
+
+
 def _fast_chunk(
     lines: list[str],
     columns: Sequence[Column],
@@ -155,7 +206,8 @@ def _fast_chunk(
     decimals_as_int: bool,
     token_width: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Parse a chunk with numpy; raises ``_ChunkRejected`` on anything unusual.
+    """Parse a chunk with numpy; raises ``_ChunkRejected`` on anything unusual (the caller has checked the
+    field counts).
 
     With ``decimals_as_int`` decimal columns are read directly as int64 (the
     common integer-timestamp case, several times faster than string
@@ -235,6 +287,8 @@ def _parse_cell(cell: str, column: Column) -> int | str | None:
             raise ValueError("empty id")
         if _SURROGATE_RE.search(token):
             raise ValueError(f"id {token!r} contains bytes that are invalid in this encoding")
+        if _CONTROL_RE.search(token):
+            raise ValueError(f"id {token!r} contains a control character")
         return token
     text = cell.strip()
     if text == "" or text.lower() == "nan":
@@ -260,9 +314,9 @@ def _slow_chunk(
     columns: Sequence[Column],
     delimiter: str,
     quoted: bool,
+    num_fields: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Line-by-line parse; raises ValueError naming the file and 1-based line."""
-    needed = max(c.index for c in columns) + 1
     values: dict[str, list[Any]] = {c.key: [] for c in columns}
     drop: list[bool] = []
     for offset, line in enumerate(lines):
@@ -276,9 +330,9 @@ def _slow_chunk(
                 raise ValueError(f"{path}, line {line_no}: malformed quoting ({exc}): {_snippet(line)}") from None
         else:
             cells = line.rstrip("\r\n").split(delimiter)
-        if len(cells) < needed:
+        if len(cells) != num_fields:
             raise ValueError(
-                f"{path}, line {line_no}: expected at least {needed} fields separated by "
+                f"{path}, line {line_no}: expected {num_fields} fields separated by "
                 f"{delimiter!r}, found {len(cells)}: {_snippet(line)}"
             )
         parsed: list[Any] = []
@@ -309,6 +363,23 @@ def _slow_chunk(
         else:
             out[c.key] = np.array(values[c.key], dtype=np.int64)
     return out, np.array(drop, dtype=bool)
+
+
+def _split(line: str, delimiter: str, quoted: bool) -> list[str]:
+    if quoted:
+        try:
+            return next(csv.reader([line], delimiter=delimiter, strict=True))
+        except (csv.Error, StopIteration):
+            return []
+    return line.rstrip("\r\n").split(delimiter)
+
+
+def _first_field_count(lines: list[str], delimiter: str, quoted: bool) -> int | None:
+    """Fields of the first non-blank line (None if every line is blank)."""
+    for line in lines:
+        if line.strip():
+            return len(_split(line, delimiter, quoted)) or None
+    return None
 
 
 def _compact_tokens(tokens: np.ndarray) -> np.ndarray:
@@ -346,6 +417,7 @@ def read_columns(
     skip_header: bool,
     quoted: bool = False,
     replace: tuple[str, str] | None = None,
+    num_fields: int | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Extract ``columns`` from a delimited text file.
 
@@ -359,6 +431,9 @@ def read_columns(
         quoted: honour ``"``-quoted fields.
         replace: ``(old, new)`` substitution applied to every line before
             splitting (used for MovieLens-1M's two-character ``::`` separator).
+        num_fields: the number of fields every data line has (the header's
+            length); None: that of the first non-blank data line. A line
+            with another number is an error naming it.
 
     Returns:
         ``(arrays, num_dropped)``: ``arrays[key]`` is ``(R,)`` int64 (or
@@ -391,9 +466,19 @@ def read_columns(
                 lines = [ln.replace(old, new) for ln in lines]
             out, drop = None, None
             text = "".join(lines)
-            # Undecodable bytes must go through the exact parser (a token
-            # column would otherwise accept them silently).
-            clean = text.isascii() or not _SURROGATE_RE.search(text)
+            if not text.strip():  # only blank lines (e.g. a file's trailing newlines alone in the last chunk)
+                line_no += len(lines)
+                continue
+            if num_fields is None:
+                first = _first_field_count(lines, delimiter, quoted)
+                if first is None:  # only blank lines so far
+                    line_no += len(lines)
+                    continue
+                # too few for the columns wanted: the first line itself fails, with its number
+                num_fields = max(first, max(c.index for c in columns) + 1)
+            # Undecodable bytes and control characters must go through the exact parser (a token
+            # column would otherwise accept them silently), and so must lines with another field count.
+            clean = _fast_path_allowed(lines, text, delimiter, quoted, num_fields)
             # Fast attempts from cheapest to most general; a successful
             # setting is kept for the following chunks (files are uniform).
             while clean and attempt < len(attempts):
@@ -406,7 +491,7 @@ def read_columns(
                 except _ChunkRejected:
                     attempt += 1
             if out is None or drop is None:
-                out, drop = _slow_chunk(path, lines, line_no, columns, delimiter, quoted)
+                out, drop = _slow_chunk(path, lines, line_no, columns, delimiter, quoted, num_fields)
                 # A bad chunk says nothing about the next one: start over.
                 attempt = 0
             if drop.any():

@@ -68,7 +68,7 @@ def load_movielens_100k(path: PathLike) -> InteractionLog:
     p = as_path("path", path)
     check_file(p)
     cols = [Column("user", 0, "int"), Column("item", 1, "int"), Column("time", 3, "decimal")]
-    arrays, _ = read_columns(p, cols, delimiter="\t", skip_header=False)
+    arrays, _ = read_columns(p, cols, delimiter="\t", skip_header=False, num_fields=4)
     return _build_log(str(p), arrays, timestamp_unit="s", name="ml-100k")
 
 
@@ -80,7 +80,7 @@ def load_movielens_1m(path: PathLike) -> InteractionLog:
     # "::" is rewritten to a tab so numpy's single-character splitter can be used;
     # the file never contains tabs.
     arrays, _ = read_columns(
-        p, cols, delimiter="\t", encoding="latin-1", skip_header=False, replace=("::", "\t")
+        p, cols, delimiter="\t", encoding="latin-1", skip_header=False, replace=("::", "\t"), num_fields=4
     )
     return _build_log(str(p), arrays, timestamp_unit="s", name="ml-1m")
 
@@ -92,7 +92,7 @@ def load_movielens_20m(path: PathLike) -> InteractionLog:
     header = read_header(p, ",", "utf-8-sig", quoted=True)
     u, i, t = find_columns(p, header, ["userId", "movieId", "timestamp"])
     cols = [Column("user", u, "int"), Column("item", i, "int"), Column("time", t, "decimal")]
-    arrays, _ = read_columns(p, cols, delimiter=",", skip_header=True, quoted=True)
+    arrays, _ = read_columns(p, cols, delimiter=",", skip_header=True, quoted=True, num_fields=len(header))
     return _build_log(str(p), arrays, timestamp_unit="s", name="ml-20m")
 
 
@@ -117,7 +117,7 @@ def load_kuairec(path: PathLike, *, drop_missing_timestamps: bool = True) -> Int
         Column("item", i, "int"),
         Column("time", t, "decimal", scale_digits=3, allow_missing=drop_missing_timestamps),
     ]
-    arrays, dropped = read_columns(p, cols, delimiter=",", skip_header=True, quoted=True)
+    arrays, dropped = read_columns(p, cols, delimiter=",", skip_header=True, quoted=True, num_fields=len(header))
     if dropped:
         warnings.warn(f"{p}: dropped {dropped} rows with a missing timestamp", stacklevel=2)
     return _build_log(str(p), arrays, timestamp_unit="ms", name="kuairec")
@@ -180,7 +180,7 @@ def load_kuairand(
         ]
         if positive_column is not None:
             cols.append(Column("positive", idx[3], "int"))
-        arrays, _ = read_columns(f, cols, delimiter=",", skip_header=True, quoted=True)
+        arrays, _ = read_columns(f, cols, delimiter=",", skip_header=True, quoted=True, num_fields=len(header))
         keep = arrays["positive"] != 0 if positive_column is not None else slice(None)
         for key in parts:
             parts[key].append(arrays[key][keep])
@@ -213,7 +213,7 @@ def load_recbole(
     header = [cell.split(":", 1)[0].strip() for cell in read_header(p, "\t", "utf-8-sig", quoted=False)]
     u, i, t = find_columns(p, header, [user_field, item_field, time_field])
     cols = [Column("user", u, "token"), Column("item", i, "token"), Column("time", t, "decimal")]
-    arrays, _ = read_columns(p, cols, delimiter="\t", skip_header=True, quoted=False)
+    arrays, _ = read_columns(p, cols, delimiter="\t", skip_header=True, quoted=False, num_fields=len(header))
     return _build_log(str(p), arrays, timestamp_unit=unit, name=p.stem)
 
 
@@ -275,6 +275,7 @@ def load_csv(
         Column("time", indices[2], "decimal", scale_digits=3 if (src_unit, unit) == ("s", "ms") else 0),
     ]
     arrays, _ = read_columns(
-        p, cols, delimiter=sep, encoding=encoding, skip_header=has_header, quoted=True
+        p, cols, delimiter=sep, encoding=encoding, skip_header=has_header, quoted=True,
+        num_fields=len(header) if header is not None else None,
     )
     return _build_log(str(p), arrays, timestamp_unit=unit, name=name if name is not None else p.stem)

@@ -6,6 +6,7 @@ from .metrics import (
     rank_of_target,
     rank_of_target_chunked,
     ranking_metrics,
+    resolve_exclude_history,
 )
 from .popularity import most_popular_metrics, training_item_counts
 
@@ -15,6 +16,7 @@ __all__ = [
     "rank_of_target",
     "rank_of_target_chunked",
     "ranking_metrics",
+    "resolve_exclude_history",
     "most_popular_metrics",
     "training_item_counts",
 ]

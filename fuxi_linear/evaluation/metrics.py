@@ -29,6 +29,7 @@ __all__ = [
     "rank_of_target",
     "rank_of_target_chunked",
     "ranking_metrics",
+    "resolve_exclude_history",
 ]
 
 ExcludeSpec = Optional[Union[torch.Tensor, Sequence[Union[torch.Tensor, np.ndarray, Sequence[int]]]]]
@@ -243,6 +244,20 @@ def ranking_metrics(
     return out
 
 
+#: The batch key holding the items each ``exclude_history`` mode removes from the ranking.
+_EXCLUSION_KEYS = {"all": "history_ids", "window": "item_ids", "none": None}
+
+
+def resolve_exclude_history(exclude_history: bool | str) -> str:
+    """``"all"``, ``"window"`` or ``"none"`` from a mode name or a bool (True: ``"all"``, False: ``"none"``)."""
+    if isinstance(exclude_history, bool):
+        return "all" if exclude_history else "none"
+    if exclude_history not in _EXCLUSION_KEYS:
+        raise ValueError(f"exclude_history must be one of {', '.join(map(repr, _EXCLUSION_KEYS))} or a bool, got "
+                         f"{exclude_history!r}")
+    return exclude_history
+
+
 def evaluate_full_ranking(
     user_vectors_fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor],
     item_embeddings: torch.Tensor | Callable[[], torch.Tensor],
@@ -250,7 +265,7 @@ def evaluate_full_ranking(
     *,
     ks: Sequence[int] = (10, 50),
     mrr_cap: int | None = None,
-    exclude_history: bool = True,
+    exclude_history: bool | str = True,
     chunk_size: int = 16384,
     device: torch.device | str | None = None,
     max_batches: int | None = None,
@@ -264,10 +279,15 @@ def evaluate_full_ranking(
         item_embeddings: ``(N, D)`` tensor (row 0 = padding) or a zero-argument
             callable returning it (called once, after the model is in eval
             mode, e.g. ``lambda: model.item_embedding.weight``).
-        batches: iterable of batch dicts with ``target_ids (B,)`` and, when
-            ``exclude_history``, ``history_ids (B, H)``.
+        batches: iterable of batch dicts with ``target_ids (B,)`` and what
+            ``exclude_history`` reads: ``history_ids (B, H)`` or the input
+            window ``item_ids (B, T)``.
         ks, mrr_cap: forwarded to :func:`ranking_metrics`.
-        exclude_history: exclude ``history_ids`` (except the target).
+        exclude_history: which already-seen items leave the ranking (the
+            target never does): ``"all"`` (or True) the whole history
+            ``history_ids`` (SPEC §7), ``"window"`` the input window
+            ``item_ids`` only (the released evaluation), ``"none"`` (or
+            False) nothing.
         chunk_size: item chunk size of :func:`rank_of_target_chunked`.
         device: where to run; default: the device of the item embeddings.
         max_batches: stop after this many batches (quick validation).
@@ -275,6 +295,7 @@ def evaluate_full_ranking(
     Returns:
         metrics of :func:`ranking_metrics` plus ``"num_examples"``.
     """
+    mode = resolve_exclude_history(exclude_history)
     with torch.no_grad():
         items = item_embeddings() if callable(item_embeddings) else item_embeddings
         if not isinstance(items, torch.Tensor):
@@ -289,15 +310,16 @@ def evaluate_full_ranking(
                 raise ValueError("every batch must contain 'target_ids'")
             moved = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             user_vecs = user_vectors_fn(moved)
-            exclude = moved.get("history_ids") if exclude_history else None
-            if exclude_history and exclude is None:
-                raise ValueError("exclude_history=True needs 'history_ids' in every batch")
+            key = _EXCLUSION_KEYS[mode]
+            exclude = moved.get(key) if key is not None else None
+            if key is not None and exclude is None:
+                raise ValueError(f"exclude_history={exclude_history!r} needs {key!r} in every batch")
             ranks = rank_of_target_chunked(
                 user_vecs.to(items.dtype),
                 items,
                 moved["target_ids"],
                 exclude,
-                exclude_history,
+                key is not None,
                 chunk_size=chunk_size,
             )
             all_ranks.append(ranks.cpu())

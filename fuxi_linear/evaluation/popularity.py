@@ -29,7 +29,7 @@ def training_item_counts(splits: LeaveOneOutSplits) -> torch.Tensor:
 
 
 def most_popular_metrics(splits: LeaveOneOutSplits, split: str = "test", batch_size: int = 512,
-                         exclude_history: bool = True, mrr_cap: Optional[int] = None) -> Dict[str, float]:
+                         exclude_history: bool | str = True, mrr_cap: Optional[int] = None) -> Dict[str, float]:
     """Full-ranking metrics of the most-popular recommender on ``split`` ("test" or "valid")."""
     dataset = splits.test if split == "test" else splits.valid
     if dataset is None:

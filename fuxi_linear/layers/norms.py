@@ -14,6 +14,6 @@ def layer_norm(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """RMSNorm over the last dimension without a weight: ``x / sqrt(mean(x^2) + eps)``. ``x: (..., D)``."""
-    if x.dtype == torch.float32:  # no cast calls (a CPU decode step is bound by its calls)
+    if x.dtype in (torch.float32, torch.float64):  # no cast calls (a CPU decode step is bound by its calls)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)  # half precision

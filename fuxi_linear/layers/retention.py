@@ -1,37 +1,178 @@
-"""Semantic retention channel (SPEC §2): per-head scalar decay on the block's q, k, v."""
+"""Semantic retention (SPEC §2): per-head scalar decay, as a layer ``(B, T, D) -> (B, T, D)`` with an O(1) step."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..ops.fused_block_step import StepChannel
+from ..ops.fused_block_step import StepChannel, fused_block_step
 from ..ops.prefill import cast, compute_dtype, prefill_decay_attention, uses_plan, without_autocast
+from ..ops.decay_attention import BACKENDS
 from ..ops.decay_plan import HeadDecay, prepare_decay_attention
 from ..derived_cache import inference_cache
+from ..utils import check_int
+from .layer_inputs import (check_lengths, check_sequence, check_state, check_step_input, final_positions,
+                           mask_padding, pack_rows, packs_rows, state_dtype, unpack_rows)
+from .norms import layer_norm
+from .states import RetentionState
 
 
-class RetentionChannel(nn.Module):
-    """``o_i = sum_{j<=i} d_h^(i-j+1) (q_i . k_j) v_j`` with ``d_h = exp(-r_h)``,
-    ``r_h = exp(-sum_{m<=h} softplus(a_m))`` (strictly decreasing over heads).
+def check_backend(backend: object) -> str:
+    """``backend`` of a layer: ``"auto"`` (the Triton kernels on CUDA, the PyTorch CPU path elsewhere),
+    ``"triton"`` or ``"reference"``."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
-    Runs on the operator with ``g_gamma = -r`` and ``q <- d * q`` (the inclusive decay of SPEC §1).
-    Decode state: ``(N, H, dqk, dv)`` float32.
+
+class Retention(nn.Module):
+    """Gated multi-head retention with the FuXi decay (SPEC §2), a drop-in for attention on ``(B, T, D)``.
+
+    ``x_hat = LN(x)``; ``[u, q, k, v] = SiLU(x_hat W_uvqk)`` (``u, v: D``, ``q, k: H x dqk``); per head
+    ``o_i = sum_{j<=i} d_h^(i-j+1) (q_i . k_j) v_j`` with ``d_h = exp(-r_h)``, ``r_h = exp(-sum_{m<=h}
+    softplus(a_m))`` (strictly decreasing over heads: about 1/2, 1/4, 1/8, ... at init); ``y = W_o (u * LN(o))``.
+    No residual: the caller adds it (``x + retention(x)``).
+
+    Args:
+        dim: D, the width of ``x`` and ``y``.
+        num_heads: H; the value width of a head is D / H.
+        qk_dim: dqk, the width of q and k per head (default D / H).
+        backend: ``"auto"`` (Triton kernels for CUDA tensors, the PyTorch CPU path otherwise), ``"triton"``
+            or ``"reference"``.
+
+    Parameters: ``uvqk (D, 2D + 2 H dqk)`` (stored (in, out)), ``decay_logits (H,)`` (``a``), ``out_proj``
+    (D -> D, no bias); all N(0, 0.02). Decode state: :class:`RetentionState`, ``H x dqk x dv`` per user.
+
+    Inside :class:`~fuxi_linear.layers.FuXiLinearBlock` the block projects q, k and v with its own fused
+    ``u | q | k | v`` matrix (the released model's layout) and gates and mixes all three channels: there this
+    module holds only the decay and runs the operator.
     """
 
-    def __init__(self, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, qk_dim: Optional[int] = None, *, backend: str = "auto"):
         super().__init__()
-        self.num_heads = num_heads
+        self._init_channel(dim, num_heads, qk_dim, backend)
+        H, K = self.num_heads, self.qk_dim
+        self.uvqk = nn.Parameter(torch.randn(dim, 2 * dim + 2 * H * K) * 0.02)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        nn.init.normal_(self.out_proj.weight, std=0.02)
+
+    @classmethod
+    def _channel_of_block(cls, dim: int, num_heads: int, qk_dim: Optional[int], backend: str) -> "Retention":
+        """The channel inside a :class:`~fuxi_linear.layers.FuXiLinearBlock`: the decay only (the block owns the
+        projections and the gate)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._init_channel(dim, num_heads, qk_dim, backend)
+        layer.register_parameter("uvqk", None)
+        layer.register_module("out_proj", None)
+        return layer
+
+    def _init_channel(self, dim: int, num_heads: int, qk_dim: Optional[int], backend: str) -> None:
+        check_int("dim", dim)
+        check_int("num_heads", num_heads)
+        check_int("qk_dim", qk_dim, allow_none=True)
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.dim, self.num_heads = dim, num_heads
+        self.qk_dim = dim // num_heads if qk_dim is None else qk_dim
+        self.backend = check_backend(backend)
         self.decay_logits = nn.Parameter(torch.randn(num_heads) * 0.02)  # "a" of SPEC §2
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, qk_dim={self.qk_dim}"
+
+    # ------------------------------------------------------------------ the layer
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+        lengths: Optional[torch.Tensor] = None,
+        return_state: bool = False,
+    ):
+        """``x (B, T, D)`` -> ``y (B, T, D)`` in x's dtype, or ``(y, RetentionState)`` with ``return_state``.
+
+        ``lengths (B,)`` int64: right-padded rows (``y`` is zero past a row's length; its state is taken at
+        ``lengths - 1``). ``timestamps`` / ``query_timestamps`` are accepted for a uniform call and not used.
+        """
+        self._require_projections()
+        B, T = check_sequence(x, self.dim, self.uvqk)
+        lengths = check_lengths(lengths, B, T, x.device)
+        u, q, k, v = self._project(layer_norm(x))
+        if packs_rows(self.backend, x.device, lengths, return_state):
+            rows = pack_rows(lengths, T)
+            o, s = self._attend(q[rows.valid][None], k[rows.valid][None], v[rows.valid][None],
+                                cu_seqlens=rows.cu_seqlens, output_final_state=True, backend=self.backend)
+            o = unpack_rows(o, rows)
+        else:
+            o, s = self._attend(q, k, v, output_final_state=return_state, backend=self.backend, lengths=lengths)
+        y = mask_padding(self._output(u, o.flatten(-2)), lengths)
+        if not return_state:
+            return y
+        return y, RetentionState(retention=s, position=final_positions(lengths, B, T, x.device))
+
+    def step(
+        self,
+        x_t: torch.Tensor,
+        state: RetentionState,
+        *,
+        timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, RetentionState]:
+        """One new event per user: ``x_t (N, D)`` -> ``(y_t (N, D), state)``; ``state`` (N users) is advanced in
+        place, O(1) in the history. Equals the last row of :meth:`forward` on the history plus this event.
+        Inference only: no autograd graph is recorded (train with :meth:`forward`)."""
+        self._require_projections()
+        N = check_step_input(x_t, self.dim, self.uvqk)
+        check_state(state, RetentionState, self._state_layout(N), x_t.device)
+        with torch.no_grad():
+            u, q, k, v = self._project(layer_norm(x_t))
+            g_gamma, d = self.step_decay()
+            q = q * cast(d, q.dtype).unsqueeze(-1)  # the inclusive decay, as in the prefill
+            o = fused_block_step([retention_step_channel(q, k, v, state.retention, g_gamma)],
+                                 backend=self.backend, validate=False)
+            y = self._output(u, o)
+            state.position.add_(1)
+        return y, state
+
+    def empty_state(self, num_users: int, device: Optional[torch.device] = None) -> RetentionState:
+        """All-zero state of ``num_users`` users who have seen nothing yet (steps from it equal a forward)."""
+        w = self.decay_logits
+        device = w.device if device is None else torch.device(device)
+        H, K, V = self.num_heads, self.qk_dim, self.dim // self.num_heads
+        return RetentionState(retention=torch.zeros(num_users, H, K, V, dtype=state_dtype(w), device=device),
+                              position=torch.zeros(num_users, dtype=torch.int64, device=device))
+
+    def _state_layout(self, N: int) -> tuple:
+        H, K, V = self.num_heads, self.qk_dim, self.dim // self.num_heads
+        return (("retention", (N, H, K, V), "float"), ("position", (N,), "int"))
+
+    def _require_projections(self) -> None:
+        if self.uvqk is None:
+            raise RuntimeError("this Retention is the channel of a FuXiLinearBlock (the block projects its q, k, "
+                               "v); call the block, or build a Retention(dim, num_heads) of its own")
+
+    def _project(self, x_hat: torch.Tensor):
+        """``x_hat (..., D)`` -> ``u (..., D)``, ``q, k (..., H, dqk)``, ``v (..., H, D / H)``."""
+        D, Hq, heads = self.dim, self.num_heads * self.qk_dim, (self.num_heads, -1)
+        u, q, k, v = torch.split(F.silu(x_hat @ cast(self.uvqk, x_hat.dtype)), [D, Hq, Hq, D], dim=-1)
+        return u, q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
+
+    def _output(self, u: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """``W_o (u * LN(o))`` for ``u, o (..., D)``."""
+        return self.out_proj(u * layer_norm(o))
+
+    # ------------------------------------------------------------------ the channel
     def rates(self) -> torch.Tensor:
         """Per-step decay rates ``r: (H,)`` (so the per-step decay is ``exp(-r)``)."""
         a = self.decay_logits
         a = a if a.dtype == torch.float64 else a.float()  # half-precision models still get float32 decays
         return torch.exp(-torch.cumsum(nn.functional.softplus(a), 0))
 
-    def forward(
+    def _attend(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
@@ -42,7 +183,8 @@ class RetentionChannel(nn.Module):
         lengths: Optional[torch.Tensor] = None,
         outputs: str = "all",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv), state: (N, H, dqk, dv) | None)``.
+        """The channel on projected heads: ``q, k: (B, T, H, dqk)``, ``v: (B, T, H, dv)`` -> ``(o: (B, T, H, dv),
+        state: (N, H, dqk, dv) | None)``.
 
         ``lengths (B,)``: right-padded rows (final states at ``lengths - 1``); ``outputs="last"``: ``o (B, H, dv)``
         at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`); on the
@@ -87,6 +229,7 @@ class RetentionChannel(nn.Module):
         decay folded into q (the decode step's operands, cached by :meth:`fuxi_linear.FuXiLinear.step_operands`)."""
         r = self.rates()
         return -r, torch.exp(-r)
+
 
 def retention_step_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
                            g_gamma: torch.Tensor) -> StepChannel:

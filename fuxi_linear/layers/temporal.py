@@ -1,8 +1,9 @@
-"""Temporal retention channel (SPEC §3): periodic query/key from timestamps, decay from time gaps.
+"""Temporal retention (SPEC §3): periodic query/key from timestamps, decay from time gaps.
 
-The query, key and log-decay depend only on timestamps and the learnable ``b``, so :class:`TemporalEncoding`
-(owned by the model) computes them once per forward and every block's :class:`TemporalRetentionChannel`
-reuses them, as the released implementation does.
+The query, key and log-decay depend only on timestamps and the learnable ``b``: :class:`TemporalEncoding`
+computes them. A :class:`TemporalRetention` layer owns one; inside :class:`~fuxi_linear.FuXiLinear` the model
+owns the only one and computes them once per forward for all blocks' channels, as the released implementation
+does.
 
 Timestamps are int64 (seconds or milliseconds since the epoch; the periods are in the same unit). The modulo
 and the gaps are taken in int64 and only the results are cast to float: a float32 cannot hold an epoch time
@@ -12,17 +13,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.fused_block_step import StepChannel
-from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, repeat_last,
+from ..config import default_temporal_periods
+from ..ops.fused_block_step import StepChannel, fused_block_step
+from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, repeat_last, uses_plan,
                            without_autocast)
 from ..ops.decay_plan import DecayAttentionPlan, prepare_decay_attention
 from ..derived_cache import inference_cache
+from ..utils import check_int, is_int
+from .layer_inputs import (check_lengths, check_sequence, check_state, check_step_input, check_times,
+                           final_positions, last_times, mask_padding, pack_rows, packs_rows, state_dtype,
+                           unpack_rows)
+from .norms import layer_norm
+from .retention import check_backend
+from .states import TemporalRetentionState
 
 
 @dataclass
@@ -39,6 +48,10 @@ class TemporalFeatures:
     g: Optional[torch.Tensor]
     plan: Optional[DecayAttentionPlan] = None
 
+    def select_rows(self, valid: torch.Tensor) -> "TemporalFeatures":
+        """The features of the events ``valid (B, T)`` packed as one sequence, ``(1, total, ...)`` (q, k, g only)."""
+        return TemporalFeatures(q=self.q[valid][None], k=self.k[valid][None], g=self.g[valid][None])
+
 
 def temporal_periods(base: int, start: int, stride: int, num_periods: int) -> torch.Tensor:
     """Periods ``T_m = base^(start + m*stride)``, m < num_periods, as int64 ``(Ht,)``."""
@@ -46,6 +59,35 @@ def temporal_periods(base: int, start: int, stride: int, num_periods: int) -> to
     if any(p <= 0 or p >= 2**62 for p in periods):
         raise ValueError(f"temporal periods must lie in [1, 2^62), got {periods}")
     return torch.tensor(periods, dtype=torch.int64)
+
+
+#: The most periods a default temporal channel uses (SPEC §3: Ht = 8).
+DEFAULT_NUM_PERIODS = 8
+
+
+def default_num_periods(dim: int) -> int:
+    """The most periods up to :data:`DEFAULT_NUM_PERIODS` whose 2Ht heads divide ``dim`` (1 for any even dim)."""
+    for n in range(DEFAULT_NUM_PERIODS, 0, -1):
+        if dim % (2 * n) == 0:
+            return n
+    raise ValueError(f"dim={dim} must be even: the temporal channel has 2 x num_periods heads")
+
+
+def resolve_periods(dim: int, num_periods: Optional[int], periods: Optional[Sequence[int]],
+                    timestamp_unit: str) -> torch.Tensor:
+    """The periods ``(Ht,)`` int64 of a temporal channel of width ``dim``: ``periods`` as given, or
+    ``num_periods`` (default :func:`default_num_periods`) of the ``timestamp_unit`` rule (SPEC §3)."""
+    if periods is not None:
+        values = periods.tolist() if isinstance(periods, torch.Tensor) else list(periods)
+        if not values or not all(is_int(p) and 1 <= p < 2**62 for p in values):
+            raise ValueError(f"periods must be a non-empty sequence of ints in [1, 2^62) (in the timestamps' "
+                             f"unit), got {periods!r}")
+        if num_periods is not None and check_int("num_periods", num_periods) != len(values):
+            raise ValueError(f"num_periods={num_periods} does not match the {len(values)} periods given")
+        return torch.tensor(values, dtype=torch.int64)
+    rule = default_temporal_periods(timestamp_unit)
+    n = default_num_periods(dim) if num_periods is None else check_int("num_periods", num_periods)
+    return temporal_periods(rule["base"], rule["start"], rule["stride"], n)
 
 
 class TemporalStepConstants(NamedTuple):
@@ -196,6 +238,15 @@ class TemporalEncoding(nn.Module):
         """
         return self.features(*self._event_times(timestamps, lengths, query_timestamps))
 
+    def prefill_features(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
+                         dtype: torch.dtype, backend: str, **plan_options) -> TemporalFeatures:
+        """The features of a prefill of padded histories (arguments as :meth:`forward`) on ``backend``: the CPU
+        path's :class:`PairedHeadsPlan` for values of ``dtype`` (:meth:`prepare`, with ``plan_options``), else
+        q, k and g (:meth:`forward`)."""
+        if uses_plan(backend, timestamps.device):
+            return self.prepare(timestamps, lengths, query_timestamps, dtype, **plan_options)
+        return self(timestamps, lengths, query_timestamps)
+
     @without_autocast
     def prepare(self, timestamps: torch.Tensor, lengths: torch.Tensor, query_timestamps: torch.Tensor,
                 dtype: torch.dtype, ends: Optional[torch.Tensor] = None, all_outputs: bool = True,
@@ -206,7 +257,7 @@ class TemporalEncoding(nn.Module):
 
         Heads m and Ht + m have the same key and decay (only their queries differ), so the plan is the decayed
         sum ``Z_t = sum_{s<=t} exp(G_t - G_s) U_s`` over the Ht periods, applied to ``U_s = k_s (x) [v_m, v_Ht+m]``
-        (see :meth:`TemporalRetentionChannel.forward`): no q.k score matrix, half the heads. The arithmetic of
+        (see :meth:`TemporalRetention._paired_heads`): no q.k score matrix, half the heads. The arithmetic of
         the phases and decays is :meth:`features`'s, once per time (an event's query time is the next key time). ``ends`` (lengths where final
         states and last outputs are taken, None: all T) and the flags as in
         :func:`fuxi_linear.ops.decay_plan.prepare_decay_attention`; ``ragged=False`` promises that every history
@@ -273,32 +324,185 @@ def _pair_outputs(query: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     return P[..., :half] + P[..., half:]
 
 
-class TemporalRetentionChannel(nn.Module):
-    """Per-block part of the temporal channel: values ``v = W_v LN(x)`` split into 2Ht heads, and the
-    augmented output ``y_h = alpha_h o_h + beta_h v_h``.
+class TemporalRetention(nn.Module):
+    """Temporal retention (SPEC §3) as a layer: ``(B, T, D)`` and int64 times in, ``(B, T, D)`` out.
 
-    Decode state: ``(N, 2Ht, 2, D / 2Ht)`` float32.
+    ``v = W_v LN(x)`` split into 2Ht heads of width D / 2Ht; heads m and Ht + m score ``sin`` and ``cos`` of
+    ``omega_m (t_{i+1} - t_j)``, the phase difference between event i's query time (the next event's time;
+    ``query_timestamps`` after a row's last event) and event j's time, weighted by the decay
+    ``gamma_m^(omega_m (t_{i+1} - t_j))`` from the time gaps (``gamma = sigmoid(b)``); the output is
+    ``y_h = alpha_h o_h + beta_h v_h`` (``skip=True``, the released ``aug_current``) or ``y_h = o_h``
+    (``skip=False``: no ``alpha``/``beta`` parameters, the released ML-20M configuration). Periods
+    ``omega_m = 2 pi / T_m`` are in the timestamps' unit; phases and gaps are taken in int64.
+
+    Args:
+        dim: D (divisible by 2 x num_periods).
+        num_periods: Ht (default: the most periods up to 8 that divide D into 2Ht heads).
+        periods: explicit int periods in the timestamps' unit (instead of the ``timestamp_unit`` rule).
+        timestamp_unit: ``"s"`` (periods 16^0 .. 16^(Ht-1) s) or ``"ms"`` (2^10, 2^13, ... ms), SPEC §3.
+        learn_decay: learn ``b`` (init N(0, 0.02)); False: ``b = 0``, gamma = 0.5 (a buffer).
+        skip: the ``alpha o + beta v`` output. max_log_decay: clamp of a gap's log-decay.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (as :class:`~fuxi_linear.layers.Retention`).
+
+    Parameters: ``encoding`` (:class:`TemporalEncoding`: the periods and ``b``), ``proj_v`` (D -> D, no bias),
+    ``alpha (2Ht)`` N(0, 0.02), ``beta (2Ht)`` ones. Decode state: :class:`TemporalRetentionState`,
+    ``2Ht x 2 x D / 2Ht`` plus the last event time per user.
+
+    Inside :class:`~fuxi_linear.FuXiLinear` the query, key and decay depend only on the timestamps and ``b``, so
+    the model owns one encoding and its blocks' channels have none (SPEC §3: computed once per forward).
     """
 
-    def __init__(self, dim: int, num_periods: int):
+    def __init__(self, dim: int, num_periods: Optional[int] = None, *, periods: Optional[Sequence[int]] = None,
+                 timestamp_unit: str = "s", learn_decay: bool = True, skip: bool = True,
+                 max_log_decay: float = 20.0, backend: str = "auto"):
         super().__init__()
-        if dim % (2 * num_periods):
-            raise ValueError(f"embedding_dim={dim} must be divisible by 2 * num_periods={2 * num_periods}")
-        self.num_heads = 2 * num_periods
-        self.proj_v = nn.Linear(dim, dim, bias=False)
-        self.alpha = nn.Parameter(torch.randn(self.num_heads) * 0.02)
-        self.beta = nn.Parameter(torch.ones(self.num_heads))
+        check_int("dim", dim)
+        resolved = resolve_periods(dim, num_periods, periods, timestamp_unit)
+        self._init_channel(dim, int(resolved.numel()), skip, backend)
+        if not isinstance(learn_decay, bool):
+            raise TypeError(f"learn_decay must be a bool, got {learn_decay!r}")
+        self.encoding = TemporalEncoding(resolved, learn_decay, max_log_decay)
 
+    @classmethod
+    def _channel_of_block(cls, dim: int, num_periods: int, skip: bool, backend: str) -> "TemporalRetention":
+        """The channel of a block whose temporal operands come from elsewhere (FuXiLinear's one encoding): no
+        encoding of its own."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._init_channel(dim, num_periods, skip, backend)
+        return layer
+
+    def _init_channel(self, dim: int, num_periods: int, skip: bool, backend: str) -> None:
+        check_int("num_periods", num_periods)
+        if dim % (2 * num_periods):
+            raise ValueError(f"dim={dim} must be divisible by 2 * num_periods={2 * num_periods}")
+        if not isinstance(skip, bool):
+            raise TypeError(f"skip must be a bool, got {skip!r}")
+        self.dim, self.num_periods = dim, num_periods
+        self.num_heads = 2 * num_periods
+        self.skip = skip
+        self.backend = check_backend(backend)
+        self.register_module("encoding", None)
+        self.proj_v = nn.Linear(dim, dim, bias=False)
+        if self.skip:
+            self.alpha = nn.Parameter(torch.randn(self.num_heads) * 0.02)
+            self.beta = nn.Parameter(torch.ones(self.num_heads))
+        else:  # registered as None so that the attributes exist and the state dict has no entries for them
+            self.register_parameter("alpha", None)
+            self.register_parameter("beta", None)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_periods={self.num_periods}, skip={self.skip}"
+
+    # ------------------------------------------------------------------ the layer
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+        lengths: Optional[torch.Tensor] = None,
+        return_state: bool = False,
+    ):
+        """``x (B, T, D)``, ``timestamps (B, T)`` int64, ``query_timestamps (B,)`` int64 (the time of the request
+        after each row's last event) -> ``y (B, T, D)``, or ``(y, TemporalRetentionState)`` with
+        ``return_state``.
+
+        Event i's query time is event i + 1's time. ``lengths (B,)``: right-padded rows (timestamps past a
+        row's length are ignored, ``y`` is zero there, the state is taken at ``lengths - 1``). Decreasing
+        times are legal: a negative gap clamps to 0 (no decay).
+        """
+        encoding = self._require_encoding()
+        B, T = check_sequence(x, self.dim, self.proj_v.weight)
+        timestamps, query_timestamps = check_times(timestamps, query_timestamps, (B, T), x.device,
+                                                   "TemporalRetention")
+        lengths = check_lengths(lengths, B, T, x.device)
+        x_hat = layer_norm(x)
+        if packs_rows(self.backend, x.device, lengths, return_state):
+            rows = pack_rows(lengths, T)
+            feats = encoding(timestamps, lengths, query_timestamps).select_rows(rows.valid)
+            y, s = self._forward_features(x_hat[rows.valid][None], feats, cu_seqlens=rows.cu_seqlens,
+                                          output_final_state=True, backend=self.backend)
+            y = unpack_rows(y, rows)
+        else:
+            full = lengths if lengths is not None else torch.full((B,), T, dtype=torch.int64, device=x.device)
+            feats = encoding.prefill_features(timestamps, full, query_timestamps, x_hat.dtype, self.backend,
+                                              ends=lengths if return_state else None, final_state=return_state,
+                                              ragged=lengths is not None, head_width=self.dim // self.num_heads)
+            y, s = self._forward_features(x_hat, feats, output_final_state=return_state, backend=self.backend,
+                                          lengths=lengths if return_state else None)
+            y = mask_padding(y, lengths)
+        if not return_state:
+            return y
+        return y, TemporalRetentionState(temporal=s, last_timestamp=last_times(timestamps, lengths),
+                                         position=final_positions(lengths, B, T, x.device))
+
+    def step(
+        self,
+        x_t: torch.Tensor,
+        state: TemporalRetentionState,
+        *,
+        timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, TemporalRetentionState]:
+        """One new event per user: ``x_t (N, D)``, its time ``timestamps (N,)`` int64 and the time of the
+        request after it ``query_timestamps (N,)`` int64 -> ``(y_t (N, D), state)``; ``state`` is advanced in
+        place, O(1) in the history (the decay from the previous event uses ``state.last_timestamp``). Equals the
+        last row of :meth:`forward` on the history plus this event. Inference only (no autograd graph)."""
+        encoding = self._require_encoding()
+        N = check_step_input(x_t, self.dim, self.proj_v.weight)
+        timestamps, query_timestamps = check_times(timestamps, query_timestamps, (N,), x_t.device,
+                                                   "TemporalRetention.step")
+        check_state(state, TemporalRetentionState, self._state_layout(N), x_t.device)
+        with torch.no_grad():
+            v = self._values(layer_norm(x_t))  # (N, 2Ht, w)
+            feats = temporal_step_features(encoding.step_constants(), state.last_timestamp, timestamps,
+                                           query_timestamps, v.dtype)
+            o = fused_block_step([temporal_step_channel(v, feats, state.temporal)], backend=self.backend,
+                                 validate=False)
+            y = self._augment(o.view_as(v), v)
+            state.last_timestamp.copy_(timestamps)
+            state.position.add_(1)
+        return y, state
+
+    def empty_state(self, num_users: int, device: Optional[torch.device] = None) -> TemporalRetentionState:
+        """All-zero state of ``num_users`` users who have seen nothing yet (their first step's gap decays the
+        zero state only, so steps from it equal a forward)."""
+        w = self.proj_v.weight
+        device = w.device if device is None else torch.device(device)
+        zeros = torch.zeros(num_users, dtype=torch.int64, device=device)
+        return TemporalRetentionState(
+            temporal=torch.zeros(num_users, self.num_heads, 2, self.dim // self.num_heads, dtype=state_dtype(w),
+                                 device=device),
+            last_timestamp=zeros, position=zeros.clone())
+
+    def _state_layout(self, N: int) -> tuple:
+        return (("temporal", (N, self.num_heads, 2, self.dim // self.num_heads), "float"),
+                ("last_timestamp", (N,), "int"), ("position", (N,), "int"))
+
+    def _require_encoding(self) -> "TemporalEncoding":
+        if self.encoding is None:
+            raise RuntimeError("this TemporalRetention is a channel of a FuXiLinear block, whose temporal operands "
+                               "the model computes once for all blocks; call the model, or build a "
+                               "TemporalRetention(dim, num_periods) of its own")
+        return self.encoding
+
+    # ------------------------------------------------------------------ the channel
     def zero_state(self, num_sequences: int, like: torch.Tensor) -> torch.Tensor:
-        """An all-zero state ``(N, 2Ht, 2, D / 2Ht)`` float32 on ``like``'s device."""
+        """An all-zero state ``(N, 2Ht, 2, D / 2Ht)`` on ``like``'s device: float64 for a float64 layer, float32
+        otherwise (the dtype of the other channels' states, so that the model's states stack)."""
         dim = self.proj_v.weight.shape[0]
-        return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device)
+        return torch.zeros(num_sequences, self.num_heads, 2, dim // self.num_heads, device=like.device,
+                           dtype=state_dtype(self.proj_v.weight))
 
     def _values(self, x_hat: torch.Tensor) -> torch.Tensor:
         return F.linear(x_hat, self.proj_v.weight).unflatten(-1, (self.num_heads, -1))
 
     def _augment(self, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``alpha_h o_h + beta_h v_h`` for ``o, v (..., 2Ht, w)``, flattened to ``(..., D)``."""
+        """``alpha_h o_h + beta_h v_h`` (``o_h`` without the skip connection) for ``o, v (..., 2Ht, w)``, flattened
+        to ``(..., D)``."""
+        if not self.skip:
+            return o.flatten(-2)
         if o.dtype == v.dtype == self.alpha.dtype:
             # alpha, beta repeated over w: a CPU is several times slower at broadcasting a (2Ht, 1) weight
             alpha, beta = inference_cache(self, "augment", (self.alpha, self.beta), (v.shape[-1],), lambda: (
@@ -307,7 +511,7 @@ class TemporalRetentionChannel(nn.Module):
         alpha, beta = self.alpha.unsqueeze(-1), self.beta.unsqueeze(-1)
         return (alpha.to(o.dtype) * o + beta.to(v.dtype) * v).flatten(-2)
 
-    def forward(
+    def _forward_features(
         self,
         x_hat: torch.Tensor,
         feats: TemporalFeatures,
@@ -317,7 +521,8 @@ class TemporalRetentionChannel(nn.Module):
         lengths: Optional[torch.Tensor] = None,
         outputs: str = "all",
     ):
-        """``x_hat: (B, T, D)``, features ``(B, T, 2Ht, ...)`` -> ``(y: (B, T, D), state | None)``;
+        """The channel on the block's normalised input with the shared temporal operands: ``x_hat: (B, T, D)``,
+        features ``(B, T, 2Ht, ...)`` (or a :class:`PairedHeadsPlan`) -> ``(y: (B, T, D), state | None)``;
         ``outputs="last"``: ``y (B, D)`` at each sequence's last token (``lengths``: right-padded rows)."""
         if feats.plan is not None and outputs == "last":
             return self._last_from_inputs(x_hat, feats.plan, lengths, output_final_state)

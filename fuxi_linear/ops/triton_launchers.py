@@ -14,8 +14,10 @@ Launch plan of a prefill call (kernels in ``fuxi_linear.kernels``, see ``kernels
 4. backward only: the decay gradient from the per-token ``q . dq`` and ``k . dk`` scalars (float64 reverse
    cumulative sum per sequence, plus the final-state term).
 
-q, k, v (and do, g) are read through their strides (unit stride on the last axis; anything else is copied),
-so the model's slices of one projection are not copied.
+q, k, v (and do, g) are read through their strides (unit stride on the last axis and a batch stride of whole
+token rows; anything else is copied), so the model's slices of one projection are not copied. Nothing that
+changes with T is specialised by the JIT (T, segment lengths and counts, batch strides) and no block size
+depends on T, so a new length never recompiles (``tests/test_kernels.py::test_no_new_specialisation_for_new_T``).
 
 The module-level switches below (chunk length, split-T, kernel family, float32 product precision, poisoned
 outputs) are read at every call: tests set them to force a code path.
@@ -107,14 +109,16 @@ def check_chunk_size(chunk_size: int) -> int:
 
 
 def _rows(x: Optional[torch.Tensor], zero_batch: bool = False) -> Tuple[Optional[torch.Tensor], Tuple[int, int, int]]:
-    """``(x, (batch, token, head) strides)`` of a ``(B, T, H, ...)`` tensor, read in place when its last axis
-    has unit stride (copied otherwise). ``zero_batch``: batch stride 0 (q/k shared by the batch, or packed
-    input whose one batch row the kernels address through ``cu_seqlens``)."""
+    """``(x, (batch, token, head) strides)`` of a ``(B, T, H, ...)`` tensor, the batch stride in token rows
+    (``stride(0) / stride(1)``; see ``kernels/common.py``), read in place when its last axis has unit stride and
+    its batch stride is a whole number of token rows (copied otherwise). ``zero_batch``: batch stride 0 (q/k
+    shared by the batch, or packed input whose one batch row the kernels address through ``cu_seqlens``)."""
     if x is None:
         return None, (0, 0, 0)
-    if x.ndim == 4 and x.stride(-1) != 1:
+    batch_rows = zero_batch or x.shape[0] == 1  # one batch row: only row 0 is ever addressed
+    if (x.ndim == 4 and x.stride(-1) != 1) or (not batch_rows and (x.stride(1) <= 0 or x.stride(0) % x.stride(1))):
         x = x.contiguous()
-    return x, (0 if zero_batch else x.stride(0), x.stride(1), x.stride(2))
+    return x, (0 if batch_rows else x.stride(0) // x.stride(1), x.stride(1), x.stride(2))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,7 +220,6 @@ def _starting_states(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final,
     if not plan.split:
         return h_init
     dev = y.device
-    # the summary kernel's own chunk length, a power of two dividing L (so its chunks tile every segment)
     half = y.dtype in (torch.float16, torch.bfloat16)
     sum_cfg = configs.prefill_config("summary", H, K, V, precision, half_inputs=half)
     scan_cfg = configs.state_config(K, V)
@@ -226,7 +229,7 @@ def _starting_states(plan: _Plan, x, sx, y, sy, g, sg, g_gamma, h_init, h_final,
     segment_summary_kernel[(plan.n_work * H * NV,)](
         x, y, g, g_gamma, summary, seg_decay, cu_seqlens, plan.seg_first, plan.seg_seq,
         *sx, *sy, *sg, float(scale), T, plan.L, plan.NS,
-        H=H, K=K, V=V, BT=min(sum_cfg.BT, plan.L & -plan.L), BK=BK, BV=BV, DECAY=mode,
+        H=H, K=K, V=V, BT=configs.summary_chunk(plan.cfg, sum_cfg), BK=BK, BV=BV, DECAY=mode,
         IS_VARLEN=cu_seqlens is not None,
         REVERSE=reverse, PRECISION=precision, num_warps=sum_cfg.num_warps, num_stages=sum_cfg.num_stages,
     )
