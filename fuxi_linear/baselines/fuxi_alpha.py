@@ -35,7 +35,8 @@ from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_div
 @dataclass
 class FuXiAlphaConfig(PointwiseAttentionConfig):
     """:class:`PointwiseAttentionConfig` plus ``ffn_multiply``: hidden width of the multi-stage FFN is
-    ``D * ffn_multiply`` (default 4, as FuXi-Linear)."""
+    ``D * ffn_multiply`` (default 4; FuXi-Linear's default is 1, as released; ``fuxi-linear bench`` builds both
+    with the paper's width)."""
 
     ffn_multiply: int = 4
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..utils import atomic_write_json
 from .machine import load_text, machine_line
-from .settings import STAGES
+from .settings import PAPER_FFN_MULTIPLY, STAGES
 from .timing import MIN_REPEATS_FOR_SPREAD, NOISY_IQR_OVER_MEDIAN, NOISY_MEDIAN_OVER_MIN
 
 #: Appended to a noisy row's time (and to a speed-up read from one) in the tables.
@@ -93,7 +93,7 @@ def format_report(result: BenchResult) -> str:
     s = result.settings
     lines = [machine_line(result.machine), f"regime: {s.regime}",
              f"settings: batch {s.batch_size} users | model {s.num_blocks} blocks, D={s.embedding_dim}, "
-             f"H={s.num_heads}, dqk={s.qk_dim} | median of {s.repeats} prefill / {s.decode_repeats} decode calls "
+             f"H={s.num_heads}, dqk={s.qk_dim}, FFN F={PAPER_FFN_MULTIPLY}D | median of {s.repeats} prefill / {s.decode_repeats} decode calls "
              f"after {s.warmup} warm-up" + (f" ({s.decode_warmup} for decode)" if s.decode_warmup != s.warmup else "")
              + ", models timed round-robin"
              + (f" (decode in bursts of {s.decode_burst} steps per model, the first untimed)" if s.decode_burst > 1

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..registry import BASELINE_NAMES, MODEL_NAMES, model_config
+from ..training_config import PRESETS
 from ..utils import check_int, resolve_device
 from .timing import timed_rounds
 
@@ -26,8 +27,11 @@ GPU_DECODE_USERS: Tuple[int, ...] = (64, 4096, 32768)
 #: History length behind the states of the throughput sweep (a decode step is O(1) in it).
 THROUGHPUT_POSITION = 256
 
-#: The paper's model scale (KuaiRand-27K / KuaiRec configs): the GPU default.
-PAPER_MODEL = dict(embedding_dim=128, num_blocks=4, num_heads=4, qk_dim=32)
+#: The paper's model scale, read from its KuaiRand-27K / KuaiRec configuration (the ``kuairand`` preset): the
+#: GPU default.
+PAPER_MODEL = {k: PRESETS["kuairand"][k] for k in ("embedding_dim", "num_blocks", "num_heads", "qk_dim")}
+#: FFN width (F = D * ffn_multiply) of FuXi-Linear's and FuXi-α's multi-stage FFN at every scale: the paper's.
+PAPER_FFN_MULTIPLY: int = PRESETS["kuairand"]["ffn_multiply"]
 #: CPU default: a smaller model, so the whole grid finishes in a couple of minutes on a few cores.
 CPU_MODEL = dict(embedding_dim=64, num_blocks=2, num_heads=4, qk_dim=16)
 #: ``decode_burst``: consecutive decode steps per model and round, the first untimed (see
@@ -178,8 +182,9 @@ class BenchSettings:
         if not gpu and len(explicit) < len(scale):
             out.notes.append(
                 "CPU default model: {num_blocks} blocks, D={embedding_dim}, H={num_heads}, dqk={qk_dim} (smaller than "
-                "the paper's 4 blocks, D=128, H=4, dqk=32; pass --embedding-dim/--num-blocks/--num-heads/--qk-dim "
-                "to change it)".format(**{k: getattr(out, k) for k in scale}))
+                "the paper's {p[num_blocks]} blocks, D={p[embedding_dim]}, H={p[num_heads]}, dqk={p[qk_dim]}; pass "
+                "--embedding-dim/--num-blocks/--num-heads/--qk-dim to change it)".format(
+                    p=PAPER_MODEL, **{k: getattr(out, k) for k in scale}))
         if self.compile not in COMPILE_CHOICES:
             raise BenchError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         if gpu and self.compile == "on":
@@ -246,9 +251,13 @@ class BenchSettings:
 
 
 def model_kwargs(name: str, s: BenchSettings) -> Dict[str, Any]:
-    """The config fields of model ``name`` at the resolved settings ``s``."""
+    """The config fields of model ``name`` at the resolved settings ``s``. FuXi-Linear and FuXi-α get the
+    paper's FFN width (:data:`PAPER_FFN_MULTIPLY`; FuXi-α has the same multi-stage FFN, SPEC §9), so that the
+    two differ only in how their channels mix the past."""
     kwargs = dict(num_items=s.num_items, max_seq_len=s.max_seq_len, embedding_dim=s.embedding_dim,
                   num_blocks=s.num_blocks, num_heads=s.num_heads, qk_dim=s.qk_dim, dropout=0.0)
     if name == "fuxi-linear":
         kwargs["backend"] = s.backend
+    if name in ("fuxi-linear", "fuxi-alpha"):
+        kwargs["ffn_multiply"] = PAPER_FFN_MULTIPLY
     return kwargs
