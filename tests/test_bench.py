@@ -350,6 +350,30 @@ def test_a_compile_failing_inside_the_timing_drops_the_row(monkeypatch):
     assert result.row("fuxi-linear", "prefill", 16)["ms"] > 0 and result.row("sasrec", "decode", 16)["ms"] > 0
 
 
+@pytest.mark.parametrize("name", BENCH_MODELS)
+def test_each_models_prefill_compiles_to_two_graphs_equal_to_eager(name, tiny_models, monkeypatch):
+    """torch.compile(model.prefill), traced with aot_eager (dynamo + AOT autograd, no C++ compile): the input
+    checks (host reads) then the whole prefill as one graph -- two graphs, not dozens (FuXi-Linear's
+    parameter-derived operands cache broke its prefill into ~37 graphs before it stepped aside under tracing)
+    -- and the same outputs as the eager prefill."""
+    from torch._dynamo.utils import counters
+
+    from fuxi_linear.bench import CompiledPrefill
+    from fuxi_linear.bench.compile import compile_config, disagreement
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager", dynamic=kw.get("dynamic")))
+    settings, models = tiny_models
+    model = models[name]
+    inputs = make_inputs(settings.batch_size, 16, settings.num_items, settings.seed)
+    before = counters["stats"]["unique_graphs"]
+    with compile_config(True), torch.inference_mode():
+        compiled = prefill_call(model, inputs, 24, CompiledPrefill(model))
+        eager = prefill_call(model, inputs, 24)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert disagreement(compiled, eager) is None
+
+
 # ---------------------------------------------------------------------------------------------- flags, errors
 def test_bench_without_fuxi_linear_has_no_speedups(capsys):
     assert main(["bench", *TINY, "--seq-lens", "8", "--models", "sasrec,hstu"]) == 0
