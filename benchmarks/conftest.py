@@ -96,7 +96,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("seq_len", ENV.seq_lens, ids=[f"T{t}" for t in ENV.seq_lens])
     if "backend" in metafunc.fixturenames:
         # Triton only on a GPU: the CPU interpreter is for correctness, far too slow to time.
-        backends = ["triton", "reference"] if ENV.gpu else ["reference"]
+        backends = ["triton", "cpu"] if ENV.gpu else ["cpu"]
         metafunc.parametrize("backend", backends)
 
 

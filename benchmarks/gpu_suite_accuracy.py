@@ -1,7 +1,7 @@
 """GPU suite section ``accuracy``: the Triton kernels at the channels' production shapes in float32 and
 bfloat16 against float64, forward (output, final state) and backward (every input gradient).
 
-The float64 oracle is the chunked PyTorch reference run in float64 on the same values (for bfloat16 the
+The float64 oracle is the CPU path (the chunked PyTorch form) run in float64 on the same values (for bfloat16 the
 bfloat16-rounded inputs, so the figure is the operator's error, not the rounding of its inputs); the loss
 ``sum(o * do) + sum(h_T * dh_T)`` with random ``do``, ``dh_T`` drives the gradients, the final-state path
 included. Errors are relative RMS, ``||x - x64|| / ||x64||``. The temporal channel (per-token decay) runs
@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from fuxi_linear.kernels import configs
-from fuxi_linear.ops import chunk_decay_attention, chunk_decay_attention_reference
+from fuxi_linear.ops import chunk_decay_attention, chunk_decay_attention_cpu
 from gpu_suite_common import CHANNELS, DTYPES, Log, Row, make_channel_inputs, progress, rel_rms, time_left
 
 #: (B, T): the long-batch shape and the single long history
@@ -55,8 +55,8 @@ def measure_case(channel: str, B: int, T: int, dtype: str, decay: str, device: t
                                  requires_grad=True)
     oracle_inputs = {name: x.detach().double().requires_grad_(True) for name, x in inputs.items()}
     out = chunk_decay_attention(**inputs, scale=1.0, output_final_state=True, backend="triton")
-    ref = chunk_decay_attention_reference(**oracle_inputs, scale=1.0, output_final_state=True,
-                                          chunk_size=REFERENCE_CHUNK)
+    ref = chunk_decay_attention_cpu(**oracle_inputs, scale=1.0, output_final_state=True,
+                                    chunk_size=REFERENCE_CHUNK)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     # the cotangents in the kernel's dtypes, and the very same values for the oracle
     do = torch.randn(out[0].shape, generator=gen, device=device).to(out[0].dtype)

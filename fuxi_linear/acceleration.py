@@ -3,7 +3,7 @@
 * ``precision``: ``"fp32"`` or ``"bf16"`` (autocast to bfloat16 on CUDA, and on a CPU where torch's CPU autocast
   produces bfloat16). Parameters, optimizer state and gradients stay float32 (no loss scaling is needed for
   bf16); the operator keeps its channel states and decay cumsums in float32 (the kernels accumulate in float32
-  and the reference switches autocast off).
+  and the CPU path switches autocast off).
 * ``compile_backend``: any name ``torch.compiler.list_backends`` knows; a tiny function is compiled and run once
   on the training device so that a backend that cannot work here (no C++ compiler for inductor on a CPU, say)
   fails with a clear message instead of at the first training step.

@@ -77,7 +77,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positional-table-multiple", type=int, help="FuXi-Linear: positional table of L + 11 rows "
                    "rounded up to this (default 128, the released chunk size; 1: L + 11, as released for ML-20M)")
     p.add_argument("--no-temporal", action="store_true", help="ablation: switch the temporal channel off")
-    p.add_argument("--backend", choices=("auto", "triton", "reference"))
+    p.add_argument("--backend", choices=("auto", "triton", "cpu", "reference"),
+                   help="FuXi-Linear's operator backend (auto: Triton on CUDA; reference: the former name of cpu)")
     p.add_argument("--cache-dir", help="cache the preprocessed dataset here")
     p.add_argument("--k-core", type=int, nargs=2, metavar=("MIN_USER", "MIN_ITEM"))
     p.add_argument("--synthetic-users", type=int)
@@ -196,8 +197,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    f"(default {','.join(map(str, GPU_DECODE_USERS))} on GPU, none on CPU)")
     p.add_argument("--peak-gbs", type=float, help="memory bandwidth (GB/s) for the decode '%% of peak' (default: "
                    "the GPU's nominal datasheet figure, when known)")
-    p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
-                   help="FuXi-Linear's operator backend (auto: Triton on CUDA)")
+    p.add_argument("--backend", default="auto", choices=("auto", "triton", "cpu", "reference"),
+                   help="FuXi-Linear's operator backend (auto: Triton on CUDA; reference: the former name of cpu)")
     p.add_argument("--threads", type=int, help="CPU only: torch threads for the run (default: torch's; 1 is "
                    "the steadiest on a shared, oversubscribed machine)")
     p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,

@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from .config import FuXiLinearConfig
+from .layers.projection import ProjectionLayout
 from .model import FuXiLinear
 
 _ITEM = "_embedding_module._item_emb.weight"
@@ -69,10 +70,7 @@ def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLi
         raise ValueError(f"checkpoint has no contiguous _fuxi._attention_layers.N blocks (found {layers})")
     lp = "_fuxi._attention_layers.0."
     H = _require(sd, lp + "_retention._gamma").shape[0]
-    uvqk_out = _require(sd, lp + "_uvqk").shape[1]
-    qk_total = uvqk_out - 4 * D
-    if qk_total <= 0 or qk_total % (2 * H):
-        raise ValueError(f"_uvqk width {uvqk_out} does not fit 4D + 2*H*dqk with D={D}, H={H}")
+    uvqk_layout = ProjectionLayout.of_block_width(_require(sd, lp + "_uvqk").shape[1], D, H)  # ValueError: no fit
     periods = _require(sd, lp + "_channel_t._intervals").to(torch.int64).flatten()
     gamma0 = _require(sd, lp + "_channel_t._gamma")
     learn = gamma0.numel() == periods.numel() and gamma0.numel() > 1
@@ -88,7 +86,7 @@ def config_from_official_state_dict(state_dict: Any, **overrides: Any) -> FuXiLi
         embedding_dim=D,
         num_blocks=len(layers),
         num_heads=H,
-        qk_dim=qk_total // (2 * H),
+        qk_dim=uvqk_layout.qk // H,
         ffn_multiply=ffn_hidden // D,
         temporal_periods=tuple(int(p) for p in periods),
         learn_temporal_decay=learn,

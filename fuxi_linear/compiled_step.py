@@ -40,11 +40,11 @@ def compile_failures() -> tuple:
 def packed_decode_step(operands: ModelStepOperands, events: torch.Tensor, retention: torch.Tensor,
                        temporal: torch.Tensor, positional: torch.Tensor, last_timestamp: torch.Tensor,
                        position: torch.Tensor) -> torch.Tensor:
-    """:func:`~fuxi_linear.step_graph.decode_step` (reference channels) with ``events (4, N)`` int64 = the item
-    ids, timestamps, query timestamps and state rows stacked: the compiled graph then has one batch size among
+    """:func:`~fuxi_linear.step_graph.decode_step` (the CPU path's channels) with ``events (4, N)`` int64 = the
+    item ids, timestamps, query timestamps and state rows stacked: the compiled graph then has one batch size among
     its inputs instead of four (each symbolic size of a graph's inputs costs a few microseconds per call)."""
     return decode_step(operands, events[0], events[1], events[2], retention, temporal, positional, last_timestamp,
-                       position, events[3], backend="reference")
+                       position, events[3], backend="cpu")
 
 
 def _compile(fn: Callable, options: Optional[Dict[str, Any]]) -> Callable:
@@ -53,7 +53,7 @@ def _compile(fn: Callable, options: Optional[Dict[str, Any]]) -> Callable:
 
 
 class CompiledDecodeStep:
-    """Calls :func:`~fuxi_linear.step_graph.decode_step` (same arguments, CPU tensors, the reference
+    """Calls :func:`~fuxi_linear.step_graph.decode_step` (same arguments, CPU tensors, the CPU path's
     channel operator) through ``torch.compile``.
 
     Compiled lazily, at the first call, as one graph for every batch size above 1 (the events go in as one
@@ -82,7 +82,7 @@ class CompiledDecodeStep:
 
     def __call__(self, *args: Any) -> torch.Tensor:
         if self.failure is not None:
-            return decode_step(*args, backend="reference")
+            return decode_step(*args, backend="cpu")
         try:
             if self._compiled is None:
                 try:
@@ -92,7 +92,7 @@ class CompiledDecodeStep:
             return self._compiled(*self._graph_arguments(args))
         except (_CompileUnavailable, *compile_failures()) as err:
             error = err.__cause__ if isinstance(err, _CompileUnavailable) else err
-        out = decode_step(*args, backend="reference")  # raises if the inputs were bad: compiling stays on
+        out = decode_step(*args, backend="cpu")  # raises if the inputs were bad: compiling stays on
         self.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         warnings.warn(f"FuXiLinear.compile_step: compiling the decode step failed ({self.failure[:500]}); decode "
                       f"steps run eagerly", RuntimeWarning, stacklevel=3)

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from .ops.decay_attention import BACKENDS
+from .ops.backends import check_backend
 from .utils import check_positive_ints
 
 
@@ -68,7 +68,8 @@ class FuXiLinearConfig(ConfigDictMixin):
             for L = 1024); 1 gives L + 11, the released configuration without chunking (ML-20M: 211).
         absolute_position_table_size: rows of the absolute position embedding (default L + 11, as released).
         dropout: input and FFN dropout. temperature: tau of the sampled softmax. num_negatives: per position.
-        backend: operator backend, "auto" | "triton" | "reference".
+        backend: operator backend, "auto" | "triton" | "cpu" ("reference", the former name of "cpu", is
+            accepted with a DeprecationWarning and stored as "cpu").
     """
 
     num_items: int
@@ -125,8 +126,7 @@ class FuXiLinearConfig(ConfigDictMixin):
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.backend = check_backend(self.backend, stacklevel=3)
 
     @property
     def ffn_hidden_dim(self) -> int:

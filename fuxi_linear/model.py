@@ -14,8 +14,10 @@ from .history_inputs import check_history, check_step_events
 from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
 from .derived_cache import DerivedCache
-from .layers.temporal import TemporalEncoding, temporal_periods
-from .ops.prefill import cast, uses_plan
+from .layers.temporal_encoding import TemporalEncoding, temporal_periods
+from .layers.temporal_step import temporal_step_constants
+from .ops.channel_prefill import uses_cpu_path
+from .ops.dtypes import cast
 from .retrieval import SequentialRetrievalMixin, l2_normalize
 from .step_graph import ModelStepOperands, decode_step
 from .compiled_step import CompiledDecodeStep
@@ -165,7 +167,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
         item_ids, lengths = cast(item_ids, torch.int64), cast(lengths, torch.int64)
         ragged = shortest < used
         ids, ts = (item_ids[:, :used], timestamps[:, :used]) if used < item_ids.shape[1] else (item_ids, timestamps)
-        if not ragged or uses_plan(self.config.backend, ids.device):
+        if not ragged or uses_cpu_path(self.config.backend, ids.device):
             y, states = self._forward_padded(ids, ts, lengths, query_timestamps, ragged, True, last_only=True)
         else:
             y, _, states = self._forward_packed(ids, ts, lengths, query_timestamps, True, last_only=True)
@@ -323,7 +325,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
     def _build_step_operands(self) -> ModelStepOperands:
         return ModelStepOperands(
             item_table=self.item_embedding.weight, position_table=self.position_embedding.weight,
-            temporal=self.temporal.step_constants() if self.config.use_temporal else None,
+            temporal=temporal_step_constants(self.temporal) if self.config.use_temporal else None,
             blocks=tuple(block.step_weights() for block in self.blocks))
 
     def compile_step(self, enabled: bool = True, options: Optional[dict] = None) -> "FuXiLinear":

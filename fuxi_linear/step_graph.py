@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers.block import StepWeights, block_step
-from .layers.temporal import TemporalStepConstants, temporal_step_features
+from .layers.temporal_step import TemporalStepConstants, temporal_step_features
 from .retrieval import l2_normalize
 
 __all__ = ["ModelStepOperands", "decode_step"]
@@ -26,7 +26,7 @@ class ModelStepOperands(NamedTuple):
     """What a decode step reads besides the events and the states.
 
     ``item_table (num_items + 1, D)`` and ``position_table (Nabs, D)``: the input layer's embeddings;
-    ``temporal``: the temporal encoding's :class:`~fuxi_linear.layers.temporal.TemporalStepConstants` (None:
+    ``temporal``: the temporal encoding's :class:`~fuxi_linear.layers.temporal_step.TemporalStepConstants` (None:
     the temporal channel is switched off); ``blocks``: each block's
     :class:`~fuxi_linear.layers.block.StepWeights`, in order.
     """

@@ -15,8 +15,8 @@ blocks of at least 16 with masked loads, padded rows/columns are never stored.
 import triton
 import triton.language as tl
 
-from .common import (add_boundary_state, chunk_decay, decay_diff, decay_value, head_log2_decay, sequence_rows,
-                     tf32_round, tile_indices, work_head_vblock, work_item)
+from .common import (NO_DECAY, TOKEN_DECAY, add_boundary_state, chunk_decay, decay_diff, decay_value, head_log2_decay,
+                     sequence_rows, tf32_round, tile_indices, work_head_vblock, work_item)
 
 __all__ = ["decay_attn_fwd_kernel"]
 
@@ -37,7 +37,8 @@ def decay_attn_fwd_kernel(
     g_gamma: ``(H,)``. ``h_in``: the initial state ``(N, H, K, V)`` (``USE_H0``), or with ``SPLIT`` the state
     entering each segment ``(n_work, H, K, V)``. Writes ``o`` rows of its tokens and, unless ``SPLIT`` (the
     segment scan has it then), the final state ``h_out (N, H, K, V)`` in the accumulation dtype.
-    DECAY: 0 none, 1 per-token ``g``, 2 per-head ``g_gamma``.
+    DECAY: a :class:`~fuxi_linear.kernels.decay_mode.DecayMode` value (``NO_DECAY``, ``TOKEN_DECAY``: ``g``,
+    ``HEAD_DECAY``: ``g_gamma``).
     """
     NV: tl.constexpr = (V + BV - 1) // BV
     w, i_h, i_v = work_head_vblock(NV, H)
@@ -50,8 +51,8 @@ def decay_attn_fwd_kernel(
     p_q0 = sequence_rows(q, n, bos, sq_b, sq_t) + i_h * sq_h
     p_k0 = sequence_rows(k, n, bos, sk_b, sk_t) + i_h * sk_h
     p_v0 = sequence_rows(v, n, bos, sv_b, sv_t) + i_h * sv_h
-    p_g0 = g  # g is None unless DECAY == 1
-    if DECAY == 1:
+    p_g0 = g  # g is None unless DECAY == TOKEN_DECAY
+    if DECAY == TOKEN_DECAY:
         p_g0 = sequence_rows(g, n, bos, sg_b, sg_t) + i_h * sg_h
     p_o0 = sequence_rows(o, n, bos, so_b, so_t) + i_h * so_h
     o_kv = i_h * (K * V) + o_k[:, None] * V + o_v[None, :]
@@ -73,7 +74,7 @@ def decay_attn_fwd_kernel(
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION).to(ACC)  # (BT, BT) q_i . k_j
         b_qs = b_q.to(ACC)
         b_ks = b_k.to(ACC)
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             hi, lo, hl, ll = chunk_decay(p_g0, t0, sg_t, n_valid, BT, DECAY, ACC)
             d_ij = decay_diff(hi[:, None], lo[:, None], hi[None, :], lo[None, :], gamma2, DECAY)
             b_a = b_a * tl.exp2(tl.where(causal, d_ij, float("-inf")))
@@ -86,7 +87,7 @@ def decay_attn_fwd_kernel(
         tl.store(p_o0 + t0 * so_t + o_i[:, None] * so_t + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
                  mask=m_tv)
 
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             b_s = b_s * tl.exp2(decay_value(hl, ll, gamma2, DECAY))
         b_s += tl.dot(tl.trans(tf32_round(b_ks, PRECISION)), b_v, input_precision=PRECISION)
 

@@ -27,7 +27,14 @@ so the value at the chunk's last row is the value at its last valid token.
 import triton
 import triton.language as tl
 
+from .decay_mode import DecayMode
+
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
+#: The values of the kernels' ``DECAY`` constexpr (:class:`~fuxi_linear.kernels.decay_mode.DecayMode`), named
+#: for the comparisons in the kernels; compared at compile time, so each mode compiles only its own code.
+NO_DECAY = tl.constexpr(DecayMode.NONE.value)
+TOKEN_DECAY = tl.constexpr(DecayMode.PER_TOKEN.value)
+HEAD_DECAY = tl.constexpr(DecayMode.PER_HEAD.value)
 
 
 @triton.jit
@@ -89,14 +96,14 @@ def last_row(x, is_last):
 def chunk_decay(g_seq, t0, stride_t, n_valid, BT: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr):
     """Cumulative log2-decay of one chunk of one head as ``(hi, lo, hi_last, lo_last)``, each ``(BT,)``/scalar.
 
-    ``g_seq`` points at the sequence's first row of g (this head; unused unless DECAY == 1), the chunk starts
-    at token ``t0``, rows ``>= n_valid`` count as ``g = 0``.
-    DECAY == 1 (per-token g): ``b = hi + lo``. DECAY == 2 (per-head): ``hi = min(i + 1, n_valid)`` exact
-    counts, ``lo = 0``, ``b = gamma2 * hi``. The ``*_last`` scalars are the values at the last valid token.
+    ``g_seq`` points at the sequence's first row of g (this head; unused unless ``TOKEN_DECAY``), the chunk
+    starts at token ``t0``, rows ``>= n_valid`` count as ``g = 0``.
+    ``TOKEN_DECAY`` (per-token g): ``b = hi + lo``. ``HEAD_DECAY``: ``hi = min(i + 1, n_valid)`` exact counts,
+    ``lo = 0``, ``b = gamma2 * hi``. The ``*_last`` scalars are the values at the last valid token.
     """
     o_i = tl.arange(0, BT)
     m_t = o_i < n_valid
-    if DECAY == 1:
+    if DECAY == TOKEN_DECAY:
         hi, lo = cumulative_log2_decay(tl.load(g_seq + t0 * stride_t + o_i * stride_t, mask=m_t, other=0.), ACC)
     else:
         hi = tl.minimum(o_i + 1, n_valid).to(ACC)
@@ -108,7 +115,7 @@ def chunk_decay(g_seq, t0, stride_t, n_valid, BT: tl.constexpr, DECAY: tl.conste
 @triton.jit
 def decay_diff(hi_a, lo_a, hi_b, lo_b, gamma2, DECAY: tl.constexpr):
     """``b_a - b_b`` (log2 units, broadcasting) from the representation of :func:`chunk_decay`."""
-    if DECAY == 2:
+    if DECAY == HEAD_DECAY:
         return gamma2 * (hi_a - hi_b)
     else:
         return (hi_a - hi_b) + (lo_a - lo_b)
@@ -117,7 +124,7 @@ def decay_diff(hi_a, lo_a, hi_b, lo_b, gamma2, DECAY: tl.constexpr):
 @triton.jit
 def decay_value(hi, lo, gamma2, DECAY: tl.constexpr):
     """``b`` itself (log2 units): a sum of same-signed terms, so no cancellation."""
-    if DECAY == 2:
+    if DECAY == HEAD_DECAY:
         return gamma2 * hi
     else:
         return hi + lo
@@ -165,9 +172,9 @@ def tile_indices(i_v, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl
 
 @triton.jit
 def head_log2_decay(g_gamma, i_h, DECAY: tl.constexpr, ACC: tl.constexpr):
-    """Head ``i_h``'s per-head log-decay in log2 units (``DECAY == 2``); 0 (unused) otherwise."""
+    """Head ``i_h``'s per-head log-decay in log2 units (``HEAD_DECAY``); 0 (unused) otherwise."""
     gamma2 = 0.
-    if DECAY == 2:
+    if DECAY == HEAD_DECAY:
         gamma2 = tl.load(g_gamma + i_h).to(ACC) * LOG2E
     return gamma2
 

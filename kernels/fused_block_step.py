@@ -38,6 +38,8 @@ Program ids and row offsets are int64.
 import triton
 import triton.language as tl
 
+from .common import HEAD_DECAY, TOKEN_DECAY
+
 __all__ = ["fused_block_step_kernel"]
 
 
@@ -53,7 +55,8 @@ def _channel_step(
     DECAY: tl.constexpr, OCOL: tl.constexpr, USE_INDICES: tl.constexpr,
 ):
     """One ``(BR, BK, BV)`` tile of one channel: (user, head) rows ``r = n * H + h`` of block ``pid // NV``,
-    V-block ``pid % NV``. ``DECAY``: 0 none, 1 per (user, head) ``g``, 2 per head ``g_gamma``."""
+    V-block ``pid % NV``. ``DECAY``: a ``DecayMode`` value (``TOKEN_DECAY``: ``g`` per (user, head),
+    ``HEAD_DECAY``: ``g_gamma`` per head)."""
     NV: tl.constexpr = (V + BV - 1) // BV
     i_v = pid % NV
     rows = (pid // NV) * BR + tl.arange(0, BR).to(tl.int64)
@@ -79,10 +82,10 @@ def _channel_step(
     p_s = (state + s_row[:, None, None] * stride_sn + i_h[:, None, None] * stride_sh
            + o_k[None, :, None] * stride_sk + o_v[None, None, :] * stride_sv)
     b_s = tl.load(p_s, mask=m_s, other=0.).to(ACC)
-    if DECAY == 1:
+    if DECAY == TOKEN_DECAY:
         b_g = tl.load(g + i_n * stride_gn + i_h, mask=m_r, other=0.).to(ACC)
         b_s = b_s * tl.exp(b_g)[:, None, None]
-    elif DECAY == 2:
+    elif DECAY == HEAD_DECAY:
         b_g = tl.load(g_gamma + i_h, mask=m_r, other=0.).to(ACC)
         b_s = b_s * tl.exp(b_g)[:, None, None]
     b_s += (b_k * k_scale)[:, :, None] * b_v[:, None, :]
@@ -98,13 +101,13 @@ def fused_block_step_kernel(
     N, state_indices, o, stride_on, END0, END1,
     # channel 0
     q0, k0, v0, g0, gamma0, s0,
-    stride_q0, stride_k0, stride_v0, stride_g0, stride_s0n, stride_s0h, stride_s0k, stride_s0v, scale0, kscale0,
+    stride_q0, stride_k0, stride_v0, stride_g0, stride_sn0, stride_sh0, stride_sk0, stride_sv0, scale0, kscale0,
     # channel 1
     q1, k1, v1, g1, gamma1, s1,
-    stride_q1, stride_k1, stride_v1, stride_g1, stride_s1n, stride_s1h, stride_s1k, stride_s1v, scale1, kscale1,
+    stride_q1, stride_k1, stride_v1, stride_g1, stride_sn1, stride_sh1, stride_sk1, stride_sv1, scale1, kscale1,
     # channel 2
     q2, k2, v2, g2, gamma2, s2,
-    stride_q2, stride_k2, stride_v2, stride_g2, stride_s2n, stride_s2h, stride_s2k, stride_s2v, scale2, kscale2,
+    stride_q2, stride_k2, stride_v2, stride_g2, stride_sn2, stride_sh2, stride_sk2, stride_sv2, scale2, kscale2,
     H0: tl.constexpr, K0: tl.constexpr, V0: tl.constexpr, BR0: tl.constexpr, BK0: tl.constexpr,
     BV0: tl.constexpr, DECAY0: tl.constexpr, OCOL0: tl.constexpr,
     H1: tl.constexpr, K1: tl.constexpr, V1: tl.constexpr, BR1: tl.constexpr, BK1: tl.constexpr,
@@ -114,12 +117,13 @@ def fused_block_step_kernel(
     NUM_CHANNELS: tl.constexpr, USE_INDICES: tl.constexpr,
 ):
     """Grid ``(END_last,)``: programs ``[0, END0)`` run channel 0, ``[END0, END1)`` channel 1, the rest
-    channel 2 (channels beyond ``NUM_CHANNELS`` are absent: their pointers may be None)."""
+    channel 2 (channels beyond ``NUM_CHANNELS`` are absent: their pointers may be None). Channel c's arguments
+    are the names of :func:`_channel_step` with the suffix c (``q0``, ``stride_sn0``, ``DECAY0``, ...)."""
     pid = tl.program_id(0).to(tl.int64)
     if pid < END0:
         _channel_step(pid, N, state_indices, o, stride_on,
                       q0, k0, v0, g0, gamma0, s0,
-                      stride_q0, stride_k0, stride_v0, stride_g0, stride_s0n, stride_s0h, stride_s0k, stride_s0v,
+                      stride_q0, stride_k0, stride_v0, stride_g0, stride_sn0, stride_sh0, stride_sk0, stride_sv0,
                       scale0, kscale0, H0, K0, V0, BR0, BK0, BV0, DECAY0, OCOL0, USE_INDICES)
     if NUM_CHANNELS > 1:
         if pid >= END0:
@@ -127,11 +131,11 @@ def fused_block_step_kernel(
                 _channel_step(pid - END0, N, state_indices, o, stride_on,
                               q1, k1, v1, g1, gamma1, s1,
                               stride_q1, stride_k1, stride_v1, stride_g1,
-                              stride_s1n, stride_s1h, stride_s1k, stride_s1v,
+                              stride_sn1, stride_sh1, stride_sk1, stride_sv1,
                               scale1, kscale1, H1, K1, V1, BR1, BK1, BV1, DECAY1, OCOL1, USE_INDICES)
     if NUM_CHANNELS > 2:
         if pid >= END1:
             _channel_step(pid - END1, N, state_indices, o, stride_on,
                           q2, k2, v2, g2, gamma2, s2,
-                          stride_q2, stride_k2, stride_v2, stride_g2, stride_s2n, stride_s2h, stride_s2k, stride_s2v,
+                          stride_q2, stride_k2, stride_v2, stride_g2, stride_sn2, stride_sh2, stride_sk2, stride_sv2,
                           scale2, kscale2, H2, K2, V2, BR2, BK2, BV2, DECAY2, OCOL2, USE_INDICES)

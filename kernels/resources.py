@@ -36,6 +36,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from . import configs
+from .decay_mode import DecayMode
 from .chunk_bwd import decay_attn_bwd_dkv_kernel, decay_attn_bwd_dq_kernel
 from .chunk_fwd import decay_attn_fwd_kernel
 from .segments import segment_scan_kernel, segment_summary_kernel
@@ -43,11 +44,11 @@ from .small_heads import small_heads_bwd_dkv_kernel, small_heads_bwd_dq_kernel, 
 
 __all__ = ["CHANNELS", "DTYPES", "KERNELS", "Variant", "Resources", "variants", "compile_variant", "main"]
 
-#: The FuXi channel shapes: heads, head dims, decay mode (0 none, 1 per-token, 2 per-head), shared q/k.
+#: The FuXi channel shapes: heads, head dims, decay mode, shared q/k.
 CHANNELS = {
-    "retention": dict(H=4, K=32, V=32, DECAY=2, shared=False),
-    "temporal": dict(H=16, K=2, V=8, DECAY=1, shared=False),
-    "positional": dict(H=1, K=32, V=128, DECAY=0, shared=True),
+    "retention": dict(H=4, K=32, V=32, DECAY=DecayMode.PER_HEAD, shared=False),
+    "temporal": dict(H=16, K=2, V=8, DECAY=DecayMode.PER_TOKEN, shared=False),
+    "positional": dict(H=1, K=32, V=128, DECAY=DecayMode.NONE, shared=True),
 }
 #: Input dtype -> (Triton pointer type, ``tl.dot`` precision of float32 products as the launcher picks it):
 #: float32 under torch's default matmul precision ("highest": "tf32x3") and under "high" ("tf32"), bfloat16.
@@ -113,8 +114,8 @@ def _arguments(v: Variant, config: Optional[configs.LaunchConfig] = None):
     qk = [0 if shared else _T] + _contiguous_strides(_T, H, K)[:2]
     vv = [_T] + _contiguous_strides(_T, H, V)[:2]
     gg = [_T] + _contiguous_strides(_T, H)
-    strides = dict(sq=qk, sk=qk, sdq=qk, sdk=qk, sv=vv, sd=vv, so=vv, sdv=vv, sg=gg)
-    const = dict(H=H, K=K, V=V, BK=cfg.BK, BV=cfg.BV, DECAY=DECAY, IS_VARLEN=False)
+    strides = dict(sq=qk, sk=qk, sdq=qk, sdk=qk, sv=vv, sdo=vv, so=vv, sdv=vv, sg=gg)
+    const = dict(H=H, K=K, V=V, BK=cfg.BK, BV=cfg.BV, DECAY=int(DECAY), IS_VARLEN=False)
     reverse = v.kernel.endswith("_rev")
     if base in ("summary", "scan"):
         fn = segment_summary_kernel if base == "summary" else segment_scan_kernel
@@ -146,7 +147,7 @@ def _arguments(v: Variant, config: Optional[configs.LaunchConfig] = None):
         if base != "fwd":
             const.update(ATOMIC=shared or cfg.NV > 1)
         if base == "bwd_dq":
-            const.update(STORE_FINAL=DECAY > 0 and not v.split)
+            const.update(STORE_FINAL=DECAY != DecayMode.NONE and not v.split)
         if base == "bwd_dkv":
             const.update(USE_DHT=True)
     const = {n: val for n, val in const.items() if n in fn.arg_names}

@@ -18,8 +18,8 @@ Decays are in log2 units (``exp2``); see :mod:`fuxi_linear.kernels.common` for t
 import triton
 import triton.language as tl
 
-from .common import (chunk_decay, decay_diff, decay_value, head_log2_decay, sequence_rows, tf32_round,
-                     tile_indices, work_head_vblock, work_item)
+from .common import (NO_DECAY, TOKEN_DECAY, chunk_decay, decay_diff, decay_value, head_log2_decay, sequence_rows,
+                     tf32_round, tile_indices, work_head_vblock, work_item)
 
 __all__ = ["segment_summary_kernel", "segment_scan_kernel"]
 
@@ -47,8 +47,8 @@ def segment_summary_kernel(
     gamma2 = head_log2_decay(g_gamma, i_h, DECAY, ACC)
     p_x0 = sequence_rows(x, n, bos, sx_b, sx_t) + i_h * sx_h
     p_y0 = sequence_rows(y, n, bos, sy_b, sy_t) + i_h * sy_h
-    p_g0 = g  # g is None unless DECAY == 1
-    if DECAY == 1:
+    p_g0 = g  # g is None unless DECAY == TOKEN_DECAY
+    if DECAY == TOKEN_DECAY:
         p_g0 = sequence_rows(g, n, bos, sg_b, sg_t) + i_h * sg_h
 
     b_u = tl.zeros([BK, BV], dtype=ACC)
@@ -65,7 +65,7 @@ def segment_summary_kernel(
                       mask=m_t[:, None] & m_k[None, :], other=0.).to(ACC)
         b_y = tl.load(p_y0 + t0 * sy_t + o_i[:, None] * sy_t + o_v[None, :],
                       mask=m_t[:, None] & m_v[None, :], other=0.).to(ACC)
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             hi, lo, hl, ll = chunk_decay(p_g0, t0, sg_t, n_valid, BT, DECAY, ACC)
             b_last = decay_value(hl, ll, gamma2, DECAY)
             b_total += b_last

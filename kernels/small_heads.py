@@ -20,8 +20,8 @@ for the decay gradient. Shapes inside: ``(BT, BT, HB)`` pair tiles, ``(HB, K, V)
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, add_boundary_state, cumulative_log2_decay, decay_diff, decay_value, last_row,
-                     sequence_rows, token_row, work_item)
+from .common import (HEAD_DECAY, LOG2E, NO_DECAY, TOKEN_DECAY, add_boundary_state, cumulative_log2_decay, decay_diff,
+                     decay_value, last_row, sequence_rows, token_row, work_item)
 
 __all__ = ["small_heads_fwd_kernel", "small_heads_bwd_dq_kernel", "small_heads_bwd_dkv_kernel"]
 
@@ -33,7 +33,7 @@ def _chunk_decay_heads(g_seq, t0, sg_t, sg_h, o_h, m_h, n_valid, BT: tl.constexp
     :func:`fuxi_linear.kernels.common.chunk_decay`, for HB heads at once)."""
     o_i = tl.arange(0, BT)
     m_t = o_i < n_valid
-    if DECAY == 1:
+    if DECAY == TOKEN_DECAY:
         b_g = tl.load(g_seq + t0 * sg_t + o_i[:, None] * sg_t + o_h[None, :] * sg_h, mask=m_t[:, None] & m_h[None, :],
                       other=0.)
         hi, lo = cumulative_log2_decay(b_g, ACC)
@@ -73,9 +73,9 @@ def _tile_indices_heads(o_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, 
 
 @triton.jit
 def _heads_log2_decay(g_gamma, o_h, m_h, HB: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr):
-    """Per-head log-decays of heads ``o_h`` in log2 units ``(HB,)`` (``DECAY == 2``); zeros otherwise."""
+    """Per-head log-decays of heads ``o_h`` in log2 units ``(HB,)`` (``HEAD_DECAY``); zeros otherwise."""
     gamma2 = tl.zeros([HB], dtype=ACC)
-    if DECAY == 2:
+    if DECAY == HEAD_DECAY:
         gamma2 = tl.load(g_gamma + o_h, mask=m_h, other=0.).to(ACC) * LOG2E
     return gamma2
 
@@ -108,8 +108,8 @@ def small_heads_fwd_kernel(
     p_q0 = sequence_rows(q, n, bos, sq_b, sq_t)
     p_k0 = sequence_rows(k, n, bos, sk_b, sk_t)
     p_v0 = sequence_rows(v, n, bos, sv_b, sv_t)
-    p_g0 = g  # g is None unless DECAY == 1
-    if DECAY == 1:
+    p_g0 = g  # g is None unless DECAY == TOKEN_DECAY
+    if DECAY == TOKEN_DECAY:
         p_g0 = sequence_rows(g, n, bos, sg_b, sg_t)
     p_o0 = sequence_rows(o, n, bos, so_b, so_t)
     b_s = add_boundary_state(tl.zeros([HB, BK, BV], dtype=ACC), h_in, w, n, o_s, m_s, H * K * V, SPLIT,
@@ -128,7 +128,7 @@ def small_heads_fwd_kernel(
         b_a = tl.sum(b_q[:, None, :, :] * b_k[None, :, :, :], axis=3)  # (BT, BT, HB) q_i . k_j
         b_qs = b_q
         b_ks = b_k
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             hi, lo, hl, ll = _chunk_decay_heads(p_g0, t0, sg_t, sg_h, o_h, m_h, n_valid, BT, HB, DECAY, ACC)
             d_ij = decay_diff(hi[:, None, :], lo[:, None, :], hi[None, :, :], lo[None, :, :], gamma2[None, None, :],
                               DECAY)
@@ -142,7 +142,7 @@ def small_heads_fwd_kernel(
         p, _ = _rows(p_o0, t0, so_t, so_h, o_i, o_h, o_v, m_t, m_h, m_v)
         tl.store(p, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             b_s = b_s * tl.exp2(decay_value(hl, ll, gamma2, DECAY))[:, None, None]
         b_s += tl.sum(b_ks[:, :, :, None] * b_v[:, :, None, :], axis=0)
 
@@ -150,10 +150,10 @@ def small_heads_fwd_kernel(
         tl.store(h_out + n * (H * K * V) + o_s, b_s, mask=m_s)
 
 
-@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sd_b", "sdq_b", "T", "TT", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sdo_b", "sdq_b", "T", "TT", "L", "NS"])
 def small_heads_bwd_dq_kernel(
     q, k, v, g, g_gamma, do, h_in, dq, qdq, h_out, cu_seqlens, seg_first, seg_seq,
-    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sd_b, sd_t, sd_h,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sdo_b, sdo_t, sdo_h,
     sdq_b, sdq_t, sdq_h,
     scale, T, TT, L, NS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -173,13 +173,13 @@ def small_heads_bwd_dq_kernel(
     p_q0 = sequence_rows(q, n, bos, sq_b, sq_t)
     p_k0 = sequence_rows(k, n, bos, sk_b, sk_t)
     p_v0 = sequence_rows(v, n, bos, sv_b, sv_t)
-    p_g0 = g  # g is None unless DECAY == 1
-    if DECAY == 1:
+    p_g0 = g  # g is None unless DECAY == TOKEN_DECAY
+    if DECAY == TOKEN_DECAY:
         p_g0 = sequence_rows(g, n, bos, sg_b, sg_t)
-    p_do0 = sequence_rows(do, n, bos, sd_b, sd_t)
+    p_do0 = sequence_rows(do, n, bos, sdo_b, sdo_t)
     p_dq0 = sequence_rows(dq, n, bos, sdq_b, sdq_t)
-    p_qdq0 = qdq  # None unless DECAY > 0
-    if DECAY > 0:
+    p_qdq0 = qdq  # None unless DECAY != NO_DECAY
+    if DECAY != NO_DECAY:
         p_qdq0 = qdq + token_row(n, bos, T, IS_VARLEN) * H
     b_s = add_boundary_state(tl.zeros([HB, BK, BV], dtype=ACC), h_in, w, n, o_s, m_s, H * K * V, SPLIT,
                              USE_H0)
@@ -191,13 +191,13 @@ def small_heads_bwd_dq_kernel(
         b_k = tl.load(p, mask=m_tk, other=0.).to(ACC)
         p, m_tv = _rows(p_v0, t0, sv_t, sv_h, o_i, o_h, o_v, m_t, m_h, m_v)
         b_v = tl.load(p, mask=m_tv, other=0.).to(ACC)
-        p, _ = _rows(p_do0, t0, sd_t, sd_h, o_i, o_h, o_v, m_t, m_h, m_v)
+        p, _ = _rows(p_do0, t0, sdo_t, sdo_h, o_i, o_h, o_v, m_t, m_h, m_v)
         b_do = tl.load(p, mask=m_tv, other=0.).to(ACC)
 
         b_da = tl.sum(b_do[:, None, :, :] * b_v[None, :, :, :], axis=3)  # (BT, BT, HB) do_i . v_j
         b_dqs = tl.sum(b_do[:, :, None, :] * b_s[None, :, :, :], axis=3)  # (BT, HB, K) do S^T
         b_ks = b_k
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             hi, lo, hl, ll = _chunk_decay_heads(p_g0, t0, sg_t, sg_h, o_h, m_h, n_valid, BT, HB, DECAY, ACC)
             d_ij = decay_diff(hi[:, None, :], lo[:, None, :], hi[None, :, :], lo[None, :, :], gamma2[None, None, :],
                               DECAY)
@@ -211,7 +211,7 @@ def small_heads_bwd_dq_kernel(
             tl.atomic_add(p, b_dq, mask=m_tk, sem="relaxed")
         else:
             tl.store(p, b_dq, mask=m_tk)
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             p, _ = _rows(p_q0, t0, sq_t, sq_h, o_i, o_h, o_k, m_t, m_h, m_k)
             b_q = tl.load(p, mask=m_tk, other=0.).to(ACC)
             tl.store(p_qdq0 + (t0 + o_i)[:, None] * H + o_h[None, :], tl.sum(b_q * b_dq, axis=2),
@@ -224,10 +224,10 @@ def small_heads_bwd_dq_kernel(
         tl.store(h_out + n * (H * K * V) + o_s, b_s, mask=m_s)
 
 
-@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sd_b", "sdk_b", "sdv_b", "T", "TT", "L", "NS"])
+@triton.jit(do_not_specialize=["sq_b", "sk_b", "sv_b", "sg_b", "sdo_b", "sdk_b", "sdv_b", "T", "TT", "L", "NS"])
 def small_heads_bwd_dkv_kernel(
     q, k, v, g, g_gamma, do, dh_in, dk, dv, kdk, dh0, cu_seqlens, seg_first, seg_seq,
-    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sd_b, sd_t, sd_h,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h, sdo_b, sdo_t, sdo_h,
     sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
     scale, T, TT, L, NS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -248,14 +248,14 @@ def small_heads_bwd_dkv_kernel(
     p_q0 = sequence_rows(q, n, bos, sq_b, sq_t)
     p_k0 = sequence_rows(k, n, bos, sk_b, sk_t)
     p_v0 = sequence_rows(v, n, bos, sv_b, sv_t)
-    p_g0 = g  # g is None unless DECAY == 1
-    if DECAY == 1:
+    p_g0 = g  # g is None unless DECAY == TOKEN_DECAY
+    if DECAY == TOKEN_DECAY:
         p_g0 = sequence_rows(g, n, bos, sg_b, sg_t)
-    p_do0 = sequence_rows(do, n, bos, sd_b, sd_t)
+    p_do0 = sequence_rows(do, n, bos, sdo_b, sdo_t)
     p_dk0 = sequence_rows(dk, n, bos, sdk_b, sdk_t)
     p_dv0 = sequence_rows(dv, n, bos, sdv_b, sdv_t)
-    p_kdk0 = kdk  # None unless DECAY > 0
-    if DECAY > 0:
+    p_kdk0 = kdk  # None unless DECAY != NO_DECAY
+    if DECAY != NO_DECAY:
         p_kdk0 = kdk + token_row(n, bos, T, IS_VARLEN) * H
     b_ds = add_boundary_state(tl.zeros([HB, BK, BV], dtype=ACC), dh_in, w, n, o_s, m_s, H * K * V, SPLIT,
                              USE_DHT)
@@ -270,13 +270,13 @@ def small_heads_bwd_dkv_kernel(
         b_k = tl.load(p, mask=m_tk, other=0.).to(ACC)
         p, m_tv = _rows(p_v0, t0, sv_t, sv_h, o_i, o_h, o_v, m_t, m_h, m_v)
         b_v = tl.load(p, mask=m_tv, other=0.).to(ACC)
-        p, _ = _rows(p_do0, t0, sd_t, sd_h, o_i, o_h, o_v, m_t, m_h, m_v)
+        p, _ = _rows(p_do0, t0, sdo_t, sdo_h, o_i, o_h, o_v, m_t, m_h, m_v)
         b_do = tl.load(p, mask=m_tv, other=0.).to(ACC)
 
         b_da = tl.sum(b_do[:, None, :, :] * b_v[None, :, :, :], axis=3) * scale  # (BT, BT, HB) do_i . v_j
         b_a = tl.sum(b_q[:, None, :, :] * b_k[None, :, :, :], axis=3) * scale  # q_i . k_j
         b_qs = b_q
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             hi, lo, hl, ll = _chunk_decay_heads(p_g0, t0, sg_t, sg_h, o_h, m_h, n_valid, BT, HB, DECAY, ACC)
             d_ij = decay_diff(hi[:, None, :], lo[:, None, :], hi[None, :, :], lo[None, :, :], gamma2[None, None, :],
                               DECAY)
@@ -290,7 +290,7 @@ def small_heads_bwd_dkv_kernel(
         b_dv = tl.sum(b_a[:, :, :, None] * b_do[:, None, :, :], axis=0)  # (BT, HB, V)
         b_dk_s = tl.sum(b_v[:, :, None, :] * b_ds[None, :, :, :], axis=3)  # v dS^T
         b_dv_s = tl.sum(b_k[:, :, :, None] * b_ds[None, :, :, :], axis=2)  # k dS
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             b_kd = tl.exp2(decay_diff(hl[None, :], ll[None, :], hi, lo, gamma2[None, :], DECAY))[:, :, None]
             b_dk += b_dk_s * b_kd
             b_dv += b_dv_s * b_kd
@@ -305,7 +305,7 @@ def small_heads_bwd_dkv_kernel(
             tl.store(p, b_dk, mask=m_tk)
         p, _ = _rows(p_dv0, t0, sdv_t, sdv_h, o_i, o_h, o_v, m_t, m_h, m_v)
         tl.store(p, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-        if DECAY > 0:
+        if DECAY != NO_DECAY:
             tl.store(p_kdk0 + (t0 + o_i)[:, None] * H + o_h[None, :], tl.sum(b_k * b_dk, axis=2),
                      mask=m_t[:, None] & m_h[None, :])
             b_ds = b_ds * tl.exp2(decay_value(hl, ll, gamma2, DECAY))[:, None, None]

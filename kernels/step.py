@@ -6,6 +6,8 @@ through its own strides (a pool row ``state_indices[n]``, or row n).
 import triton
 import triton.language as tl
 
+from .common import HEAD_DECAY, TOKEN_DECAY
+
 __all__ = ["decay_attn_step_kernel"]
 
 
@@ -42,9 +44,9 @@ def decay_attn_step_kernel(
     b_q = tl.load(q + i_nh * K + o_k, mask=m_k, other=0.).to(ACC)
     b_k = tl.load(k + i_nh * K + o_k, mask=m_k, other=0.).to(ACC)
     b_v = tl.load(v + i_nh * V + o_v, mask=m_v, other=0.).to(ACC)
-    if DECAY == 1:
+    if DECAY == TOKEN_DECAY:
         b_s = b_s * tl.exp(tl.load(g + i_nh).to(ACC))
-    elif DECAY == 2:
+    elif DECAY == HEAD_DECAY:
         b_s = b_s * tl.exp(tl.load(g_gamma + i_h).to(ACC))
     b_s += b_k[:, None] * b_v[None, :]
     b_o = tl.sum(b_q[:, None] * b_s, axis=0) * scale

@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from error_bounds import check_errors  # noqa: E402
-from fuxi_linear.ops import chunk_decay_attention, parallel_decay_attention  # noqa: E402
+from fuxi_linear.ops import DecayMode, chunk_decay_attention, parallel_decay_attention  # noqa: E402
 from fuxi_linear.ops import triton_launchers as launchers  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,16 +51,25 @@ def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / den).item()
 
 
-def make_inputs(B, T, H, K, V, mode, h0=False, shared_qk=False, n_states=None, dtype=torch.float32):
+#: The decay modes, as test parameters (ids "none", "per_token", "per_head")
+NONE, PER_TOKEN, PER_HEAD = DecayMode.NONE, DecayMode.PER_TOKEN, DecayMode.PER_HEAD
+ALL_MODES = list(DecayMode)
+DECAYING_MODES = [PER_TOKEN, PER_HEAD]
+
+
+def make_inputs(B, T, H, K, V, mode: DecayMode, h0=False, shared_qk=False, n_states=None, dtype=torch.float32):
+    """q, k, v and the decay of ``mode`` (``g`` for PER_TOKEN, ``g_gamma`` for PER_HEAD, none for NONE) on the
+    test device, with an initial state when ``h0``."""
+    mode = DecayMode(mode)
     Bq = 1 if shared_qk else B
     x = dict(
         q=torch.randn(Bq, T, H, K, dtype=dtype),
         k=torch.randn(Bq, T, H, K, dtype=dtype),
         v=torch.randn(B, T, H, V, dtype=dtype),
     )
-    if mode == "g":
+    if mode == PER_TOKEN:
         x["g"] = -0.6 * torch.rand(B, T, H, dtype=dtype)
-    elif mode == "gamma":
+    elif mode == PER_HEAD:
         x["g_gamma"] = -0.3 * torch.rand(H, dtype=dtype) - 0.02
     if h0:
         x["initial_state"] = torch.randn(n_states or B, H, K, V, dtype=dtype)
@@ -102,7 +111,7 @@ def check_against_math(inputs, cu_seqlens=None, scale=1.0, output_final_state=Tr
         assert tri[name].grad is not None, f"no gradient for {name}"
         assert tri[name].grad.shape == inputs[name].shape and tri[name].grad.dtype == inputs[name].dtype
         errors["d" + name] = rel_rms(tri[name].grad, ref[name].grad)
-    decay = "g" if "g" in inputs else ("gamma" if "g_gamma" in inputs else "none")
-    check_errors(errors, tags={"kind": "kernel", "dtype": DTYPE_NAMES[inputs["v"].dtype], "decay": decay},
+    decay = DecayMode.of(inputs.get("g"), inputs.get("g_gamma"))
+    check_errors(errors, tags={"kind": "kernel", "dtype": DTYPE_NAMES[inputs["v"].dtype], "decay": str(decay)},
                  cuda_bounds=cuda_tol)
     return errors

@@ -1,5 +1,6 @@
 """The backend choice is loud on CUDA: ``backend="triton"`` raises with the import error when the kernels
-cannot load, ``"auto"`` warns once per process when it falls back to the reference.
+cannot load, ``"auto"`` warns once per process when it falls back to the CPU path. The CPU path's former name
+``"reference"`` still works, with a ``DeprecationWarning``.
 
 No GPU is needed: the import of the Triton backend is broken through ``sys.modules`` and the device check
 (``_is_cuda``) is faked, so CPU tensors stand in for CUDA ones.
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 import fuxi_linear.ops as ops_pkg
-from fuxi_linear.ops import decay_attention as dispatch
+from fuxi_linear import FuXiLinearConfig
+from fuxi_linear.layers import Retention
+from fuxi_linear.ops import backends as dispatch
 from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, resolve_backend, triton_available
 
 BACKEND_MODULE = "fuxi_linear.ops.triton_decay_attention"
@@ -56,9 +59,9 @@ def test_forced_triton_on_cuda_raises_with_the_import_error(broken_triton, fake_
         decay_attention_step(q[:, 0], k[:, 0], v[:, 0], state, g=g[:, 0], backend="triton")
 
 
-def test_auto_on_cuda_warns_once_and_runs_the_reference(broken_triton, fake_cuda):
+def test_auto_on_cuda_warns_once_and_runs_the_cpu_path(broken_triton, fake_cuda):
     q, k, v, g = _inputs()
-    expected, _ = chunk_decay_attention(q, k, v, g=g, backend="reference")
+    expected, _ = chunk_decay_attention(q, k, v, g=g, backend="cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # count our own once-only logic, not the warnings registry's
         first, _ = chunk_decay_attention(q, k, v, g=g, backend="auto")
@@ -75,7 +78,7 @@ def test_auto_on_cuda_warns_once_and_runs_the_reference(broken_triton, fake_cuda
 def test_auto_off_cuda_is_silent_and_does_not_import_triton(broken_triton):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_backend("auto", torch.device("cpu")) == "reference"
+        assert resolve_backend("auto", torch.device("cpu")) == "cpu"
     assert dispatch._TRITON_IMPORT_RESULT is dispatch._NOT_TRIED
 
 
@@ -90,3 +93,21 @@ def test_auto_on_cuda_picks_triton_when_it_loads(fresh_import_state, fake_cuda):
 def test_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("cuda", torch.device("cpu"))
+
+
+def test_reference_is_the_deprecated_name_of_the_cpu_path():
+    """``backend="reference"`` (the CPU path's former name) runs the CPU path, with a DeprecationWarning that
+    names the new name; the config and the layers store ``"cpu"``."""
+    q, k, v, g = _inputs()
+    expected, _ = chunk_decay_attention(q, k, v, g=g, backend="cpu")
+    with pytest.warns(DeprecationWarning, match="backend='reference' is deprecated.*backend='cpu'"):
+        o, _ = chunk_decay_attention(q, k, v, g=g, backend="reference")
+    torch.testing.assert_close(o, expected, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="backend='reference' is deprecated"):
+        assert resolve_backend("reference", torch.device("cpu")) == "cpu"
+    with pytest.warns(DeprecationWarning, match="backend='reference' is deprecated"):
+        assert FuXiLinearConfig(num_items=5, backend="reference").backend == "cpu"
+    with pytest.warns(DeprecationWarning, match="backend='reference' is deprecated"):
+        assert Retention(8, 2, backend="reference").backend == "cpu"
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'triton', 'cpu'\)"):
+        FuXiLinearConfig(num_items=5, backend="ref")

@@ -133,8 +133,8 @@ def test_config_rejects(kwargs, match):
 
 
 @pytest.mark.parametrize("chunk_size, exc", [(0, ValueError), (2.0, TypeError), (True, TypeError)])
-def test_reference_rejects_bad_chunk_size(chunk_size, exc):
-    from fuxi_linear.ops import chunk_decay_attention_reference
+def test_cpu_path_rejects_bad_chunk_size(chunk_size, exc):
+    from fuxi_linear.ops import chunk_decay_attention_cpu
 
     with pytest.raises(exc, match="chunk_size must be a positive int"):
-        chunk_decay_attention_reference(*_qkv(), chunk_size=chunk_size)
+        chunk_decay_attention_cpu(*_qkv(), chunk_size=chunk_size)

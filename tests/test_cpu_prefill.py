@@ -1,5 +1,5 @@
 """The CPU prefill path (DecayAttentionPlan, the model's padded prefill) against the float64 recurrence, at the
-chunk boundaries the reference picks (C - 1, C, C + 1): outputs, final states, last outputs and gradients."""
+chunk boundaries the CPU path picks (C - 1, C, C + 1): outputs, final states, last outputs and gradients."""
 import copy
 
 import pytest
@@ -9,17 +9,18 @@ import fuxi_linear.layers.block as block_module
 import fuxi_linear.layers.positional as positional_module
 import fuxi_linear.layers.retention as retention_module
 import fuxi_linear.model as model_module
-import fuxi_linear.ops.prefill as prefill_module
+import fuxi_linear.ops.channel_prefill as prefill_module
 from error_bounds import check_errors, max_abs, rel_error
 from fuxi_linear import FuXiLinear, FuXiLinearConfig
-from fuxi_linear.ops import decay_plan, reference
+from fuxi_linear.ops import DecayMode, chunk_decay_attention_cpu, decay_plan
 from fuxi_linear.ops.decay_plan import auto_chunk_size, prepare_decay_attention
-from fuxi_linear.ops.reference import recurrent_decay_attention
+from fuxi_linear.ops.definition import recurrent_decay_attention
 from model_helpers import random_histories
 
 F64 = torch.float64
 STATE_NAMES = ("retention", "temporal", "positional", "last_timestamp", "position")
-# (H, K, V) of the three FuXi channels at the CPU bench size, and the chunk length the reference picks for each
+NONE, PER_TOKEN, PER_HEAD = DecayMode.NONE, DecayMode.PER_TOKEN, DecayMode.PER_HEAD
+# (H, K, V) of the three FuXi channels at the CPU bench size, and the chunk length the CPU path picks for each
 CHANNEL_SHAPES = {"retention": (4, 16, 16), "temporal pairs": (8, 1, 16), "positional": (1, 32, 64)}
 BOUNDARIES = sorted({n for H, K, V in CHANNEL_SHAPES.values()
                      for C in [auto_chunk_size(K, V)] for n in (C - 1, C, C + 1)})
@@ -32,12 +33,12 @@ def _operands(B, T, H, K, V, decay, shared_qk=False, seed=0, strong=False):
     k = torch.randn(Bq, T, H, K, generator=g, dtype=F64)
     v = torch.randn(B, T, H, V, generator=g, dtype=F64)
     kw = {}
-    if decay == "g":  # per token; `strong` puts some heads at the -20 clamp of the temporal channel
+    if decay == PER_TOKEN:  # `strong` puts some heads at the -20 clamp of the temporal channel
         gt = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=g, dtype=F64) + 2)
         if strong:
             gt[..., 0] = -20.0
         kw["g"] = gt
-    elif decay == "g_gamma":
+    elif decay == PER_HEAD:
         kw["g_gamma"] = -torch.rand(H, generator=g, dtype=F64)
     return q, k, v, kw
 
@@ -52,7 +53,7 @@ def _recurrent(q, k, v, kw, h0=None):
 @pytest.mark.parametrize("T", BOUNDARIES)
 def test_plan_matches_recurrence_at_chunk_boundaries(shape, T):
     H, K, V = CHANNEL_SHAPES[shape]
-    decay = {"retention": "g_gamma", "temporal pairs": "g", "positional": None}[shape]
+    decay = {"retention": PER_HEAD, "temporal pairs": PER_TOKEN, "positional": NONE}[shape]
     q, k, v, kw = _operands(3, T, H, K, V, decay, shared_qk=shape == "positional", strong=True, seed=T)
     h0 = torch.randn(3, H, K, V, dtype=F64)
     errors = {}
@@ -71,12 +72,12 @@ def test_ragged_final_states_and_last_outputs(T):
     H, K, V = 2, 3, 4
     lengths = torch.tensor([T, 1, max(1, T // 2), max(1, T - 1)])
     errors = {}
-    for decay in ("g", "g_gamma", None):
+    for decay in (PER_TOKEN, PER_HEAD, NONE):
         q, k, v, kw = _operands(4, T, H, K, V, decay, seed=T + 1)
         plan = prepare_decay_attention(q, k, lengths=lengths, all_outputs=False, last_outputs=True, **kw)
         o_last, s = plan.apply(v, output_final_state=True, outputs="last")
         for b, n in enumerate(lengths.tolist()):
-            kw_b = {"g": kw["g"][b:b + 1, :n]} if decay == "g" else kw
+            kw_b = {"g": kw["g"][b:b + 1, :n]} if decay == PER_TOKEN else kw
             o_ref, s_ref = _recurrent(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], kw_b)
             errors[f"{decay}_last_o_{b}"] = max_abs(o_last[b], o_ref[0, -1])
             errors[f"{decay}_state_{b}"] = max_abs(s[b], s_ref[0])
@@ -89,7 +90,7 @@ def test_segments_carry_the_state(monkeypatch):
     H, K, V, C = 2, 3, 4, 5
     errors = {}
     for T in (3 * C - 1, 3 * C, 3 * C + 1, 7 * C + 2):
-        q, k, v, kw = _operands(2, T, H, K, V, "g", seed=T)
+        q, k, v, kw = _operands(2, T, H, K, V, PER_TOKEN, seed=T)
         h0 = torch.randn(2, H, K, V, dtype=F64)
         plan = prepare_decay_attention(q, k, chunk_size=C, initial_state=True, **kw)
         assert len(plan.segments) == -(-T // (3 * C))
@@ -99,7 +100,7 @@ def test_segments_carry_the_state(monkeypatch):
     check_errors(errors)
 
 
-@pytest.mark.parametrize("decay", ["g", "g_gamma"])
+@pytest.mark.parametrize("decay", [PER_TOKEN, PER_HEAD])
 @pytest.mark.parametrize("T", [BOUNDARIES[0], BOUNDARIES[2], BOUNDARIES[-1]])
 def test_plan_gradients_match_recurrence(decay, T):
     H, K, V = 2, 3, 4
@@ -123,7 +124,7 @@ def test_plan_gradients_match_recurrence(decay, T):
 def test_decayed_sum_without_q_k():
     """q = k = None is the plain decayed sum (the temporal channel's pair form)."""
     T, H, V = 40, 3, 5
-    _, _, v, kw = _operands(2, T, H, 1, V, "g", seed=7, strong=True)
+    _, _, v, kw = _operands(2, T, H, 1, V, PER_TOKEN, seed=7, strong=True)
     ones = torch.ones(2, T, H, 1, dtype=F64)
     o_ref, s_ref = _recurrent(ones, ones, v, kw)
     o, s = prepare_decay_attention(None, None, dtype=F64, **kw).apply(v, output_final_state=True)
@@ -157,7 +158,7 @@ def oracle(monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(prefill_module, "chunk_decay_attention", recurrent)
             for module in (prefill_module, model_module, block_module, retention_module, positional_module):
-                m.setattr(module, "uses_plan", lambda *a, **k: False)
+                m.setattr(module, "uses_cpu_path", lambda *a, **k: False)
             return fn()
 
     return run
@@ -291,7 +292,7 @@ def test_training_after_inference_calls():
 
 
 def _check_training_after_inference():
-    from fuxi_linear.ops import prefill as prefill_ops
+    from fuxi_linear.ops import channel_prefill as prefill_ops
 
     for cached in (decay_plan._offsets, decay_plan._steps_to_end, prefill_ops._repeat_matrix):
         cached.cache_clear()  # so that inference mode fills the caches first
@@ -335,6 +336,6 @@ def test_float32_strong_decays_keep_float32_accuracy(chunk_size):
     g = -0.05 * torch.rand(B, T, H, generator=gen)
     g = torch.where(torch.rand(B, T, H, generator=gen) < 0.3, torch.full_like(g, -20.0), g)
     o64, s64 = recurrent_decay_attention(q.double(), k.double(), v.double(), g=g.double(), output_final_state=True)
-    o, s = reference.chunk_decay_attention_reference(q, k, v, g=g, output_final_state=True, chunk_size=chunk_size)
+    o, s = chunk_decay_attention_cpu(q, k, v, g=g, output_final_state=True, chunk_size=chunk_size)
     assert o.dtype == torch.float32 and s.dtype == torch.float32
     check_errors({"o": rel_error(o, o64), "state": rel_error(s, s64)})

@@ -1,4 +1,4 @@
-"""``FuXiLinear.step``: through the fused Triton kernel (interpreted on a CPU) and the reference, against a fresh
+"""``FuXiLinear.step``: through the fused Triton kernel (interpreted on a CPU) and the CPU path, against a fresh
 prefill of the longer history; state pools; the validation modes (clear errors, and no host synchronisation
 where promised); cached step weights following parameter changes; training unaffected."""
 import os
@@ -14,7 +14,7 @@ from error_bounds import check_errors  # noqa: E402
 from fuxi_linear import DecodeState  # noqa: E402
 from fuxi_linear.bench import HostSyncCounter  # noqa: E402
 from fuxi_linear.ops import triton_available  # noqa: E402
-from fuxi_linear.layers.temporal import temporal_step_features  # noqa: E402
+from fuxi_linear.layers.temporal_step import temporal_step_constants, temporal_step_features  # noqa: E402
 from model_helpers import random_histories, tiny_model  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
@@ -40,36 +40,36 @@ def _prefix(ids, ts, ts_ext, lengths, cut):
 
 @needs_triton
 @pytest.mark.parametrize("use_temporal", [True, False])
-def test_triton_step_equals_reference_and_a_longer_prefill(use_temporal):
-    ref = tiny_model(dtype=torch.float32, backend="reference", use_temporal=use_temporal)
+def test_triton_step_equals_cpu_step_and_a_longer_prefill(use_temporal):
+    cpu = tiny_model(dtype=torch.float32, backend="cpu", use_temporal=use_temporal)
     tri = tiny_model(dtype=torch.float32, backend="triton", use_temporal=use_temporal)
-    tri.load_state_dict(ref.state_dict())
-    ids, ts, lengths, ts_ext = _history(ref, [9, 5, 7], seed=4)
+    tri.load_state_dict(cpu.state_dict())
+    ids, ts, lengths, ts_ext = _history(cpu, [9, 5, 7], seed=4)
     rows = torch.arange(3)
     pad, prefix, q = _prefix(ids, ts, ts_ext, lengths, 2)
     errors = {}
     with torch.no_grad():
-        _, s_ref = ref.prefill(pad, ts, prefix, q)
-        s_tri = s_ref.clone()
+        _, s_cpu = cpu.prefill(pad, ts, prefix, q)
+        s_tri = s_cpu.clone()
         for j in range(2):
             p = prefix + j
             args = (ids[rows, p], ts[rows, p], ts_ext[rows, p + 1])
-            u_ref, _ = ref.step(s_ref, *args)
+            u_cpu, _ = cpu.step(s_cpu, *args)
             u_tri, _ = tri.step(s_tri, *args)
-            longer = ref.prefill(torch.where(torch.arange(ids.shape[1])[None] <= p[:, None], ids, 0), ts, p + 1,
+            longer = cpu.prefill(torch.where(torch.arange(ids.shape[1])[None] <= p[:, None], ids, 0), ts, p + 1,
                                  ts_ext[rows, p + 1])
-            errors[f"step{j}_vs_reference_step"] = rel(u_tri, u_ref)
+            errors[f"step{j}_vs_cpu_step"] = rel(u_tri, u_cpu)
             errors[f"step{j}_vs_longer_prefill"] = rel(u_tri, longer[0])
-            errors[f"reference_step{j}_vs_longer_prefill"] = rel(u_ref, longer[0])
-    for name, a, b, c in zip(DecodeState._USER_DIM, s_tri.tensors(), s_ref.tensors(), longer[1].tensors()):
-        errors[f"state_{name}_vs_reference"] = rel(a, b)
+            errors[f"cpu_step{j}_vs_longer_prefill"] = rel(u_cpu, longer[0])
+    for name, a, b, c in zip(DecodeState._USER_DIM, s_tri.tensors(), s_cpu.tensors(), longer[1].tensors()):
+        errors[f"state_{name}_vs_cpu"] = rel(a, b)
         errors[f"state_{name}_vs_longer_prefill"] = rel(a, c)
     check_errors(errors)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=needs_triton)])
 def test_steps_in_a_pool_touch_only_their_rows(backend):
-    dtype = torch.float64 if backend == "reference" else torch.float32
+    dtype = torch.float64 if backend == "cpu" else torch.float32
     model = tiny_model(dtype=dtype, backend=backend)
     ids, ts, lengths, ts_ext = _history(model, [6, 3, 8, 4], seed=2)
     rows = torch.arange(4)
@@ -295,7 +295,7 @@ def test_step_features_are_the_forward_features_bit_for_bit(unit):
     gap = torch.randint(-100, 10 ** 9, (64,), generator=g)
     with torch.no_grad():
         expected = model.temporal.features(t_key, t_query, gap)
-        got = temporal_step_features(model.temporal.step_constants(), t_key - gap, t_key, t_query)
+        got = temporal_step_features(temporal_step_constants(model.temporal), t_key - gap, t_key, t_query)
     assert torch.equal(got.q, expected.q) and torch.equal(got.k, expected.k) and torch.equal(got.g, expected.g)
 
 

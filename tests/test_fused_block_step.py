@@ -1,6 +1,6 @@
 """The fused block decode step (``fuxi_linear.ops.fused_block_step``): the Triton kernel (interpreted on a
 CPU) against the float64 math, in every decay mode, with pools, strided states, fp32 and bf16 inputs; the
-PyTorch reference against the single-channel operator; validation; the custom operator under
+PyTorch CPU path against the single-channel operator; validation; the custom operator under
 ``torch.compile``."""
 import os
 
@@ -12,8 +12,8 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from error_bounds import check_errors  # noqa: E402
-from fuxi_linear.ops import (StepChannel, decay_attention_step_reference, fused_block_step,  # noqa: E402
-                             fused_block_step_reference, triton_available)
+from fuxi_linear.ops import (DecayMode, StepChannel, decay_attention_step_cpu, fused_block_step,  # noqa: E402
+                             fused_block_step_cpu, triton_available)
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 
@@ -21,6 +21,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The FuXi block's channel shapes, small: retention H=2 heads of 4 x 8, temporal 4 heads of 2 x 4 (tiny heads
 # batched many to a program), positional 1 head of 6 x 16 (K not a power of two, V split into blocks).
 SHAPES = {"retention": (2, 4, 8), "temporal": (4, 2, 4), "positional": (1, 6, 16)}
+NONE, PER_TOKEN, PER_HEAD = DecayMode.NONE, DecayMode.PER_TOKEN, DecayMode.PER_HEAD
+#: the FuXi block's decay modes per channel (retention per head, temporal per token, positional none)
+BLOCK_MODES = (PER_HEAD, PER_TOKEN, NONE)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +40,7 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def make_channel(H, K, V, decay, N, rows=None, dtype=torch.float32, strided=False, k_scale=1.0, scale=1.0):
+def make_channel(H, K, V, decay: DecayMode, N, rows=None, dtype=torch.float32, strided=False, k_scale=1.0, scale=1.0):
     """A channel of N users: inputs in ``dtype``, a float32 state of ``rows`` (pool) or N rows; ``strided``
     makes the state a non-contiguous view (a V-slice of a wider buffer, K and V axes swapped in memory) and
     q, k, v column slices of one wider row (as the block's projection gives them)."""
@@ -53,8 +56,8 @@ def make_channel(H, K, V, decay, N, rows=None, dtype=torch.float32, strided=Fals
         q, k = (torch.randn(N, H, K, device=DEVICE).to(dtype) for _ in range(2))
         v = torch.randn(N, H, V, device=DEVICE).to(dtype)
         state = torch.randn(rows, H, K, V, device=DEVICE)
-    g = (-torch.rand(N, H, device=DEVICE)).to(dtype) if decay == "g" else None
-    g_gamma = -torch.rand(H, device=DEVICE) if decay == "gamma" else None
+    g = (-torch.rand(N, H, device=DEVICE)).to(dtype) if decay == PER_TOKEN else None
+    g_gamma = -torch.rand(H, device=DEVICE) if decay == PER_HEAD else None
     return StepChannel(q, k, v, state, g=g, g_gamma=g_gamma, scale=scale, k_scale=k_scale)
 
 
@@ -64,11 +67,11 @@ def as_float64(c: StepChannel) -> StepChannel:
 
 
 def check_against_float64(channels, state_indices=None, check_output=True):
-    """The kernel's output and states against the float64 reference (errors held to their measured bounds),
-    rows the step does not name untouched bit for bit. Returns the output and its float64 reference."""
+    """The kernel's output and states against the float64 CPU step (errors held to their measured bounds),
+    rows the step does not name untouched bit for bit. Returns the output and its float64 counterpart."""
     expected = [as_float64(c) for c in channels]
     before = [c.state.clone() for c in channels]
-    o_ref = fused_block_step_reference(expected, state_indices)
+    o_ref = fused_block_step_cpu(expected, state_indices)
     o = fused_block_step(channels, state_indices, backend="triton")
     assert o.shape == (channels[0].v.shape[0], sum(c.v.shape[1] * c.v.shape[2] for c in channels))
     assert o.dtype == channels[0].v.dtype
@@ -82,7 +85,7 @@ def check_against_float64(channels, state_indices=None, check_output=True):
     return o, o_ref
 
 
-@pytest.mark.parametrize("modes", [("gamma", "g", "none"), ("none", "gamma", "g"), ("g", "none", "gamma")])
+@pytest.mark.parametrize("modes", [BLOCK_MODES, (NONE, PER_HEAD, PER_TOKEN), (PER_TOKEN, NONE, PER_HEAD)])
 def test_three_channels_every_decay_mode(modes):
     N = 5
     channels = [make_channel(*shape, mode, N, k_scale=0.5 if name == "positional" else 1.0,
@@ -94,14 +97,14 @@ def test_three_channels_every_decay_mode(modes):
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 def test_pool_rows(index_dtype):
     N, P = 4, 9
-    channels = [make_channel(*shape, mode, N, rows=P) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    channels = [make_channel(*shape, mode, N, rows=P) for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     check_against_float64(channels, torch.tensor([7, 0, 4, 2], dtype=index_dtype, device=DEVICE))
 
 
 def test_strided_inputs_and_states():
     N, P = 3, 6
     channels = [make_channel(*shape, mode, N, rows=P, strided=True)
-                for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+                for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     assert not channels[0].q.is_contiguous() and not channels[0].state.is_contiguous()
     check_against_float64(channels, torch.tensor([5, 1, 3], device=DEVICE))
 
@@ -122,7 +125,7 @@ def test_bf16_inputs_fp32_state():
     boundary (rare), not the several units a bf16 accumulation or a bf16 state would cost."""
     N = 4
     channels = [make_channel(*shape, mode, N, dtype=torch.bfloat16)
-                for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+                for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     assert all(c.state.dtype == torch.float32 for c in channels)
     o, o_ref = check_against_float64(channels, check_output=False)
     expected = _to_bf16(o_ref.cpu(), truncate=DEVICE == "cpu").double()
@@ -135,7 +138,7 @@ def test_bf16_inputs_fp32_state():
 @pytest.mark.parametrize("count", [1, 2])
 def test_fewer_channels(count):
     N = 3
-    channels = [make_channel(*shape, mode, N) for shape, mode in list(zip(SHAPES.values(), ("g", "gamma", "none")))[:count]]
+    channels = [make_channel(*shape, mode, N) for shape, mode in list(zip(SHAPES.values(), (PER_TOKEN, PER_HEAD, NONE)))[:count]]
     check_against_float64(channels)
 
 
@@ -145,7 +148,7 @@ def test_many_users_span_several_programs():
 
     N = 70
     assert channel_tiles(*SHAPES["temporal"], N)[3] > 1
-    channels = [make_channel(*shape, mode, N) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    channels = [make_channel(*shape, mode, N) for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     check_against_float64(channels)
 
 
@@ -173,14 +176,14 @@ def test_k_scale_scales_the_update_not_the_state_read():
     """``S <- exp(g) S + k_scale k^T v; o = scale q S``: worked out in float64 by hand for both backends (the
     positional channel's ``k / (P/2)`` is this k_scale)."""
     N, H, K, V = 3, 2, 4, 8
-    c = make_channel(H, K, V, "gamma", N, k_scale=0.25, scale=0.5)
+    c = make_channel(H, K, V, PER_HEAD, N, k_scale=0.25, scale=0.5)
     S0 = c.state.double().clone()
     S1 = torch.exp(c.g_gamma.double())[None, :, None, None] * S0 \
         + 0.25 * c.k.double()[..., :, None] * c.v.double()[..., None, :]
     o_hand = 0.5 * torch.einsum("nhk,nhkv->nhv", c.q.double(), S1).reshape(N, H * V)
     assert (S1 - S0 * torch.exp(c.g_gamma.double())[None, :, None, None]).abs().max() > 0.1  # the update matters
     errors = {}
-    for backend in ("reference", "triton"):
+    for backend in ("cpu", "triton"):
         ch = c._replace(state=c.state.clone())
         o = fused_block_step([ch], backend=backend)
         errors[f"{backend}_o"] = rel(o, o_hand)
@@ -188,18 +191,18 @@ def test_k_scale_scales_the_update_not_the_state_read():
     check_errors(errors)
 
 
-def test_reference_equals_single_channel_operator():
-    """The fused reference is the single-channel decode step per channel (float64, pools included)."""
+def test_cpu_step_equals_single_channel_operator():
+    """The fused CPU step is the single-channel decode step per channel (float64, pools included)."""
     N, P = 4, 6
     rows = torch.tensor([5, 2, 0, 3], device=DEVICE)
     channels = [as_float64(make_channel(*shape, mode, N, rows=P, scale=0.5))
-                for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+                for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     copies = [c.state.clone() for c in channels]
-    o = fused_block_step_reference(channels, rows)
+    o = fused_block_step_cpu(channels, rows)
     col = 0
     for c, copy in zip(channels, copies):
-        o_c, _ = decay_attention_step_reference(c.q, c.k, c.v, copy, g=c.g, g_gamma=c.g_gamma, scale=c.scale,
-                                                state_indices=rows)
+        o_c, _ = decay_attention_step_cpu(c.q, c.k, c.v, copy, g=c.g, g_gamma=c.g_gamma, scale=c.scale,
+                                          state_indices=rows)
         width = c.v.shape[1] * c.v.shape[2]
         check_errors({f"o_{col}": (o[:, col:col + width] - o_c.flatten(1)).abs().max(),
                       f"state_{col}": (c.state - copy).abs().max()})
@@ -207,7 +210,7 @@ def test_reference_equals_single_channel_operator():
 
 
 def test_empty_batch():
-    channels = [make_channel(*shape, mode, 0, rows=3) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    channels = [make_channel(*shape, mode, 0, rows=3) for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     before = [c.state.clone() for c in channels]
     o = fused_block_step(channels, torch.zeros(0, dtype=torch.int64, device=DEVICE), backend="triton")
     assert o.shape == (0, 16 + 16 + 16)
@@ -234,16 +237,16 @@ def test_empty_batch():
     (lambda ch, idx: (ch, torch.tensor([0., 1., 2., 3.])), TypeError, "state_indices must have dtype"),
 ])
 def test_bad_inputs(mutate, exc, match):
-    channels = [make_channel(*shape, mode, 4, rows=6) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    channels = [make_channel(*shape, mode, 4, rows=6) for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     channels, idx = mutate(channels, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(exc, match=match):
-        fused_block_step(channels, idx, backend="reference")
+        fused_block_step(channels, idx, backend="cpu")
 
 
 def test_validate_false_skips_the_checks():
     """For callers that guarantee their inputs: no checks at all (here a repeated row, which races)."""
-    channels = [make_channel(*SHAPES["retention"], "gamma", 2, rows=3)]
-    fused_block_step(channels, torch.tensor([1, 1]), backend="reference", validate=False)
+    channels = [make_channel(*SHAPES["retention"], PER_HEAD, 2, rows=3)]
+    fused_block_step(channels, torch.tensor([1, 1]), backend="cpu", validate=False)
 
 
 def test_torch_compile_traces_one_node():
@@ -251,7 +254,7 @@ def test_torch_compile_traces_one_node():
     from fuxi_linear.ops.triton_fused_block_step import fused_block_step_triton
 
     N = 3
-    channels = [make_channel(*shape, mode, N, rows=4) for shape, mode in zip(SHAPES.values(), ("gamma", "g", "none"))]
+    channels = [make_channel(*shape, mode, N, rows=4) for shape, mode in zip(SHAPES.values(), BLOCK_MODES)]
     idx = torch.tensor([3, 0, 2], device=DEVICE)
     eager = [c._replace(state=c.state.clone()) for c in channels]
 

@@ -16,7 +16,7 @@ import gpu_suite  # noqa: E402
 import gpu_suite_prefill as prefill  # noqa: E402
 import gpu_suite_tests as suite_tests  # noqa: E402
 import triton  # noqa: E402
-from fuxi_linear.ops import chunk_decay_attention_reference  # noqa: E402
+from fuxi_linear.ops import chunk_decay_attention_cpu  # noqa: E402
 from error_bounds import check_errors  # noqa: E402
 from gpu_suite_common import Timing  # noqa: E402
 from register_budgets import register_budget  # noqa: E402
@@ -121,13 +121,13 @@ def test_unknown_section_is_a_usage_error():
 
 def _fake_chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None,
                            output_final_state=False, **kwargs):
-    """Stands in for fla's op: the reference math, fla's restrictions (no shared q/k, K >= 16)."""
+    """Stands in for fla's op: the CPU path's math, fla's restrictions (no shared q/k, K >= 16)."""
     if q.shape[0] != v.shape[0]:
         raise AssertionError("fla has no shared q/k: the suite must expand them to the batch")
     if q.shape[-1] < 16:
         raise ValueError(f"K={q.shape[-1]} is not supported")
-    return chunk_decay_attention_reference(q, k, v, g=g, g_gamma=g_gamma, scale=scale,
-                                           output_final_state=output_final_state)
+    return chunk_decay_attention_cpu(q, k, v, g=g, g_gamma=g_gamma, scale=scale,
+                                     output_final_state=output_final_state)
 
 
 _FLA_CALLS = []

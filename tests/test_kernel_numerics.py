@@ -6,13 +6,15 @@ import torch
 from error_bounds import check_errors
 from fuxi_linear.ops import chunk_decay_attention, parallel_decay_attention
 from fuxi_linear.ops import triton_launchers as launchers
-from kernel_helpers import C, DEVICE, check_against_math, kernel_settings, make_inputs, rel_rms  # noqa: F401
+from kernel_helpers import (  # noqa: F401 (kernel_settings: autouse fixture)
+    C, DECAYING_MODES, DEVICE, PER_HEAD, PER_TOKEN, check_against_math, kernel_settings, make_inputs, rel_rms,
+)
 
 
 def strong_decay_inputs(B, T, H, K, V, seed=0):
     """Per-token g = -20 on 30% of the steps, mild (-0.6 * U(0, 1)) elsewhere, with an initial state."""
     torch.manual_seed(seed)
-    x = make_inputs(B, T, H, K, V, "g", h0=True)
+    x = make_inputs(B, T, H, K, V, PER_TOKEN, h0=True)
     strong = torch.rand(B, T, H, device=DEVICE) < 0.3
     x["g"] = torch.where(strong, torch.full_like(x["g"], -20.0), -0.6 * torch.rand(B, T, H, device=DEVICE))
     return x
@@ -42,18 +44,18 @@ def test_strong_decays_keep_float32_accuracy(small_heads, H, monkeypatch):
 def test_strong_per_head_decay(monkeypatch):
     """g_gamma = -20 (and a mild head): decays are exact counts times gamma, no sums to cancel."""
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
-    x = make_inputs(1, 64 + 9, 2, 32, 32, "gamma", h0=True)
+    x = make_inputs(1, 64 + 9, 2, 32, 32, PER_HEAD, h0=True)
     x["g_gamma"] = torch.tensor([-20.0, -0.05], device=DEVICE)
     check_against_math(x)
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
 def test_positive_log_decay_rejected(backend):
-    x = make_inputs(1, 5, 2, 2, 8, "g")
+    x = make_inputs(1, 5, 2, 2, 8, PER_TOKEN)
     x["g"][0, 3, 1] = 0.01
     with pytest.raises(ValueError, match="g is a log-decay and must be <= 0"):
         chunk_decay_attention(**x, backend=backend)
-    y = make_inputs(1, 5, 2, 2, 8, "gamma")
+    y = make_inputs(1, 5, 2, 2, 8, PER_HEAD)
     y["g_gamma"][1] = 0.2
     with pytest.raises(ValueError, match="g_gamma is a log-decay and must be <= 0"):
         chunk_decay_attention(**y, backend=backend)
@@ -68,7 +70,7 @@ def _split_projection(p, H, K, V):
 
 
 @pytest.mark.parametrize("H,K,V", [(2, 2, 8), (2, 8, 16)], ids=["small_heads", "general"])
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 def test_strided_projection_views(H, K, V, mode):
     """q, k, v sliced out of one (B, T, 2HK + HV + 3) projection and g out of a wider (B, T, H + 2) tensor are
     read through their strides (no copy) and get the float64 gradients."""
@@ -84,12 +86,12 @@ def test_strided_projection_views(H, K, V, mode):
         leaves = [t.detach().to(dtype).requires_grad_() for t in (proj, g_wide, g_gamma, h0)]
         p, gw, gg, s0 = leaves
         q, k, v = _split_projection(p, H, K, V)
-        decay = dict(g=gw[..., 1:H + 1]) if mode == "g" else dict(g_gamma=gg)
+        decay = dict(g=gw[..., 1:H + 1]) if mode == PER_TOKEN else dict(g_gamma=gg)
         if backend == "triton":
             assert not q.is_contiguous() and not v.is_contiguous() and q.stride(-1) == 1
             for view in (q, k, v, decay.get("g")):
                 if view is not None:
-                    assert launchers._rows(view)[0] is view  # read in place, not copied
+                    assert launchers.token_rows(view).tensor is view  # read in place, not copied
             o, ht = chunk_decay_attention(q, k, v, **decay, initial_state=s0, output_final_state=True,
                                           backend="triton")
         else:
@@ -98,7 +100,7 @@ def test_strided_projection_views(H, K, V, mode):
         return [o, ht] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
 
     got = run(torch.float32, "triton")
-    expected = run(torch.float64, "reference")
+    expected = run(torch.float64, "definition")
     names = ["o", "final_state", "d_projection", "d_g", "d_g_gamma", "d_initial_state"]
     # dg_gamma: 2 numbers, each a sum of ~150 nearly cancelling per-token terms (the largest relative error here)
     check_errors({n: rel_rms(a, b) for n, a, b in zip(names, got, expected)})

@@ -12,7 +12,9 @@ import torch
 
 from fuxi_linear.kernels import configs
 from fuxi_linear.ops import triton_launchers as launchers
-from kernel_helpers import C, DEVICE, check_against_math, kernel_settings, make_inputs  # noqa: F401
+from kernel_helpers import (  # noqa: F401 (kernel_settings: autouse fixture)
+    ALL_MODES, C, DEVICE, NONE, PER_HEAD, PER_TOKEN, check_against_math, kernel_settings, make_inputs,
+)
 
 SEGMENT = 2 * C
 FAMILIES = [pytest.param(True, id="small_heads"), pytest.param(False, id="general")]
@@ -23,26 +25,28 @@ def split(monkeypatch):
     monkeypatch.setattr(launchers, "SEGMENT_TOKENS", SEGMENT)
 
 
-def _assert_splits(H, K, V, N, T, cu_seqlens=None, expected_work=None):
-    """The launch really is split (the plan the launcher will use for these shapes)."""
+def _assert_splits(inputs, cu_seqlens=None, expected_work=None):
+    """The launch really is split (the plan the launcher will use for these inputs)."""
+    call = launchers.prefill_call(inputs["q"], inputs["v"], inputs.get("g"), inputs.get("g_gamma"), 1.0, cu_seqlens)
     for kernel in ("fwd", "bwd_dq", "bwd_dkv"):
-        plan = launchers._plan(kernel, K, V, H, N, T, "ieee", False, 0, cu_seqlens, torch.device(DEVICE))
+        plan = launchers._plan(kernel, call, launchers.resolve_chunk_size())
         assert plan.split and plan.L == SEGMENT, (kernel, plan)
         if expected_work is not None:
             assert plan.n_work == expected_work, (kernel, plan.n_work, expected_work)
 
 
 @pytest.mark.parametrize("small_heads", FAMILIES)
-@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_split_matches_math(mode, small_heads, split, monkeypatch):
     monkeypatch.setattr(launchers, "SMALL_HEADS", small_heads)
     B, T, H, K, V = 2, 5 * C + 3, 3, 2, 8
-    _assert_splits(H, K, V, B, T, expected_work=B * 3)
-    check_against_math(make_inputs(B, T, H, K, V, mode, h0=True))
+    inputs = make_inputs(B, T, H, K, V, mode, h0=True)
+    _assert_splits(inputs, expected_work=B * 3)
+    check_against_math(inputs)
 
 
 def test_split_without_initial_state_or_final_state(split):
-    check_against_math(make_inputs(2, 5 * C + 3, 2, 32, 40, "g"), output_final_state=False, scale=0.4)
+    check_against_math(make_inputs(2, 5 * C + 3, 2, 32, 40, PER_TOKEN), output_final_state=False, scale=0.4)
 
 
 @pytest.mark.parametrize("small_heads", FAMILIES)
@@ -53,11 +57,12 @@ def test_split_varlen(h0, small_heads, split, monkeypatch):
     lengths = [1, 3 * C + 1, C, 2 * C, 5 * C + 7, 3]
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
     segments = sum(math.ceil(n / SEGMENT) for n in lengths)
-    _assert_splits(2, 2, 8, len(lengths), sum(lengths), cu, expected_work=segments)
-    check_against_math(make_inputs(1, sum(lengths), 2, 2, 8, "g", h0=h0, n_states=len(lengths)), cu_seqlens=cu)
+    inputs = make_inputs(1, sum(lengths), 2, 2, 8, PER_TOKEN, h0=h0, n_states=len(lengths))
+    _assert_splits(inputs, cu, expected_work=segments)
+    check_against_math(inputs, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("mode", ["none", "gamma"])
+@pytest.mark.parametrize("mode", [NONE, PER_HEAD])
 def test_split_varlen_other_decays(mode, split):
     lengths = [2 * C + 1, 1, 4 * C]
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int64)
@@ -67,7 +72,7 @@ def test_split_varlen_other_decays(mode, split):
 @pytest.mark.parametrize("H,K,V", [(1, 32, 40), (2, 2, 8)], ids=["general", "small_heads"])
 def test_split_shared_qk(H, K, V, split):
     """q/k of batch size 1 shared by 3 sequences, split: dq/dk summed over the batch and the segments."""
-    check_against_math(make_inputs(3, 4 * C + 5, H, K, V, "none", h0=True, shared_qk=True))
+    check_against_math(make_inputs(3, 4 * C + 5, H, K, V, NONE, h0=True, shared_qk=True))
 
 
 H100_SMS = 132

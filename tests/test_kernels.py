@@ -12,12 +12,13 @@ import torch
 
 from error_bounds import check_errors
 from fuxi_linear.kernels import configs
-from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, decay_attention_step_reference
+from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, decay_attention_step_cpu
 from fuxi_linear.ops import parallel_decay_attention
 from fuxi_linear.ops import triton_decay_attention as tda
 from fuxi_linear.ops import triton_launchers as launchers
 from kernel_helpers import (  # noqa: F401 (kernel_settings: autouse fixture)
-    C, DEVICE, check_against_math, gpu_only, kernel_settings, make_inputs, rel_rms,
+    ALL_MODES, C, DECAYING_MODES, DEVICE, NONE, PER_HEAD, PER_TOKEN, check_against_math, gpu_only, kernel_settings,
+    make_inputs, rel_rms,
 )
 
 
@@ -25,12 +26,12 @@ from kernel_helpers import (  # noqa: F401 (kernel_settings: autouse fixture)
 
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
 @pytest.mark.parametrize("T", [1, C - 1, C, C + 1, 3 * C + 5])
-@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_prefill_fwd_bwd(mode, T, h0):
     check_against_math(make_inputs(2, T, 2, 2, 8, mode, h0=h0))
 
 
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 def test_prefill_without_final_state_and_scale(mode):
     check_against_math(make_inputs(2, 2 * C + 3, 2, 2, 8, mode, h0=True), scale=0.37, output_final_state=False)
 
@@ -39,11 +40,11 @@ def test_prefill_without_final_state_and_scale(mode):
     "H,K,V", [(4, 32, 32), (1, 32, 128), (16, 2, 8), (3, 5, 20)], ids=["H4K32V32", "H1K32V128", "H16K2V8", "odd"]
 )
 def test_prefill_head_dims(H, K, V):
-    check_against_math(make_inputs(2, 2 * C + 5, H, K, V, "g", h0=True))
-    check_against_math(make_inputs(1, C + 3, H, K, V, "gamma"))
+    check_against_math(make_inputs(2, 2 * C + 5, H, K, V, PER_TOKEN, h0=True))
+    check_against_math(make_inputs(1, C + 3, H, K, V, PER_HEAD))
 
 
-@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
 @pytest.mark.parametrize("small_heads", [True, False], ids=["small_heads", "general"])
 def test_prefill_varlen(mode, h0, small_heads, monkeypatch):
@@ -57,10 +58,10 @@ def test_prefill_varlen(mode, h0, small_heads, monkeypatch):
 
 def test_prefill_varlen_all_length_one():
     cu = torch.arange(6, device=DEVICE, dtype=torch.int64)
-    check_against_math(make_inputs(1, 5, 2, 2, 8, "g", h0=True, n_states=5), cu_seqlens=cu)
+    check_against_math(make_inputs(1, 5, 2, 2, 8, PER_TOKEN, h0=True, n_states=5), cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("mode", ["none", "g"])
+@pytest.mark.parametrize("mode", [NONE, PER_TOKEN])
 def test_prefill_shared_qk(mode):
     """q/k of batch size 1 serve B=3 sequences: read with batch stride 0, gradient summed over the batch."""
     inputs = make_inputs(3, 2 * C + 3, 1, 32, 40, mode, h0=True, shared_qk=True)
@@ -71,12 +72,12 @@ def test_prefill_shared_qk(mode):
 def test_prefill_production_configs(H, K, V, monkeypatch):
     """The chunk lengths of ``fuxi_linear.kernels.configs`` (no override)."""
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)
-    check_against_math(make_inputs(1, 2 * 64 + 5, H, K, V, "g", h0=True))
+    check_against_math(make_inputs(1, 2 * 64 + 5, H, K, V, PER_TOKEN, h0=True))
 
 
 def test_prefill_default_chunk_64(monkeypatch):
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
-    check_against_math(make_inputs(1, 3 * 64 + 5, 2, 2, 8, "g", h0=True))
+    check_against_math(make_inputs(1, 3 * 64 + 5, 2, 2, 8, PER_TOKEN, h0=True))
 
 
 # Provisional bounds of half-precision inputs ON A GPU (outputs and gradients are rounded to the input dtype;
@@ -93,7 +94,7 @@ HALF_TOL = {
 }
 
 
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_prefill_half_precision(dtype, mode):
     """Half inputs: fp32 accumulation inside, outputs and q/k/v gradients in the input dtype."""
@@ -101,7 +102,7 @@ def test_prefill_half_precision(dtype, mode):
     check_against_math(x, cuda_tol=HALF_TOL[dtype])
 
 
-@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_prefill_float64_exact(mode):
     """Float64 inputs run the kernels in float64: agreement with the math to float64 rounding."""
     inputs = make_inputs(2, 2 * C + 3, 2, 4, 20, mode, h0=True, dtype=torch.float64)
@@ -121,11 +122,11 @@ def test_decay_gradient_of_a_sequence_ignores_its_neighbours(packed):
     lengths = [2 * C + 3, C + 5, 2 * C]
     loud = 100.0
     if packed:
-        x = make_inputs(1, sum(lengths), 2, 2, 8, "g", h0=True, n_states=3)
+        x = make_inputs(1, sum(lengths), 2, 2, 8, PER_TOKEN, h0=True, n_states=3)
         cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
         rows = [(slice(0, 1), slice(int(cu[n]), int(cu[n + 1]))) for n in range(3)]
     else:
-        x = make_inputs(3, max(lengths), 2, 2, 8, "g", h0=True)
+        x = make_inputs(3, max(lengths), 2, 2, 8, PER_TOKEN, h0=True)
         cu = None
         rows = [(slice(n, n + 1), slice(None)) for n in range(3)]
     for name in ("q", "k", "v"):
@@ -142,29 +143,48 @@ def test_decay_gradient_of_a_sequence_ignores_its_neighbours(packed):
     check_errors({f"dg_sequence_{n}": rel_rms(dg[rows[n]], dg_ref[rows[n]]) for n in range(3)})
 
 
+def test_chunk_length_is_resolved_in_one_place(monkeypatch):
+    """``resolve_chunk_size``: an explicit length, else ``DEFAULT_CHUNK_SIZE``, else 0 (each kernel's configured
+    length); every kernel's plan then takes it as it is."""
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)
+    assert launchers.resolve_chunk_size() == 0
+    assert launchers.resolve_chunk_size(32) == 32
+    monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", 64)
+    assert launchers.resolve_chunk_size() == 64
+    assert launchers.resolve_chunk_size(16) == 16  # an explicit length wins
+    for bad in (24, 8, 16.0):
+        with pytest.raises(ValueError, match="chunk_size must be a power of two >= 16"):
+            launchers.resolve_chunk_size(bad)
+    x = make_inputs(1, 5, 2, 32, 32, PER_TOKEN)
+    call = launchers.prefill_call(x["q"], x["v"], x["g"], None, 1.0, None)
+    for kernel in ("fwd", "bwd_dq", "bwd_dkv"):
+        assert launchers._plan(kernel, call, 32).cfg.BT == 32
+        assert launchers._plan(kernel, call, 0).cfg.BT == configs.prefill_config(kernel, 2, 32, 32, "ieee").BT
+
+
 def test_prefill_bad_arguments():
-    inputs = make_inputs(1, 4, 1, 2, 8, "none")
+    inputs = make_inputs(1, 4, 1, 2, 8, NONE)
     with pytest.raises(ValueError, match="chunk_size"):
         tda.chunk_decay_attention_triton(**inputs, chunk_size=24)
-    big = make_inputs(1, 4, 1, 200, 8, "none")
+    big = make_inputs(1, 4, 1, 200, 8, NONE)
     with pytest.raises(ValueError, match="head dims"):
         tda.chunk_decay_attention_triton(**big)
 
 
 # ----------------------------------------------------------------------------------------------- decode
 
-@pytest.mark.parametrize("mode", ["none", "g", "gamma"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("pool", [False, True], ids=["direct", "pool"])
-def test_step_matches_reference(mode, pool):
+def test_step_matches_float64_step(mode, pool):
     N, H, K, V, P = 4, 2, 32, 72, 7
     x = make_inputs(N, 1, H, K, V, mode)
     q, k, v = x["q"][:, 0], x["k"][:, 0], x["v"][:, 0]
-    g = x["g"][:, 0] if mode == "g" else None
+    g = x["g"][:, 0] if mode == PER_TOKEN else None
     g_gamma = x.get("g_gamma")
     idx = torch.tensor([5, 0, 3, 6], device=DEVICE, dtype=torch.int32) if pool else None
     state = torch.randn(P if pool else N, H, K, V, device=DEVICE)
     expected = state.double().clone()
-    o_ref, _ = decay_attention_step_reference(
+    o_ref, _ = decay_attention_step_cpu(
         q.double(), k.double(), v.double(), expected, g=None if g is None else g.double(),
         g_gamma=None if g_gamma is None else g_gamma.double(), state_indices=idx, scale=0.5,
     )
@@ -186,16 +206,16 @@ def test_step_strided_state():
     cache = torch.randn(N, H, K, V + 5, device=DEVICE)
     state = cache[..., :V]
     before_tail = cache[..., V:].clone()
-    x = make_inputs(N, 1, H, K, V, "g")
+    x = make_inputs(N, 1, H, K, V, PER_TOKEN)
     q, k, v, g = x["q"][:, 0], x["k"][:, 0], x["v"][:, 0], x["g"][:, 0]
     expected = state.double().clone()
-    o_ref, _ = decay_attention_step_reference(q.double(), k.double(), v.double(), expected, g=g.double())
+    o_ref, _ = decay_attention_step_cpu(q.double(), k.double(), v.double(), expected, g=g.double())
     o, _ = decay_attention_step(q, k, v, state, g=g, backend="triton")
     check_errors({"o": rel_rms(o, o_ref), "state": rel_rms(cache[..., :V], expected)})
     assert torch.equal(cache[..., V:], before_tail)
 
 
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 def test_decode_after_prefill_equals_longer_prefill(mode):
     B, T, H, K, V = 2, 2 * C + 3, 2, 2, 8
     x = make_inputs(B, T + 2, H, K, V, mode, h0=True)
@@ -206,7 +226,7 @@ def test_decode_after_prefill_equals_longer_prefill(mode):
     for t in (T, T + 1):
         step_o, _ = decay_attention_step(
             x["q"][:, t], x["k"][:, t], x["v"][:, t], state,
-            g=x["g"][:, t] if mode == "g" else None, g_gamma=x.get("g_gamma"), backend="triton",
+            g=x["g"][:, t] if mode == PER_TOKEN else None, g_gamma=x.get("g_gamma"), backend="triton",
         )
         errors[f"step_o_{t - T}"] = rel_rms(step_o, full_o[:, t])
     errors["state"] = rel_rms(state, full_state)
@@ -217,7 +237,7 @@ def test_decode_after_prefill_equals_longer_prefill(mode):
 
 def test_torch_compile_prefill_and_step():
     """The custom ops trace as graph nodes (fullgraph: no graph break), forward and backward."""
-    x = make_inputs(2, C + 5, 2, 2, 8, "gamma", h0=True)
+    x = make_inputs(2, C + 5, 2, 2, 8, PER_HEAD, h0=True)
 
     def fn(q, k, v, g_gamma, initial_state):
         o, ht = tda.chunk_decay_attention_triton(
@@ -236,7 +256,7 @@ def test_torch_compile_prefill_and_step():
         o, _ = tda.decay_attention_step_triton(q, k, v, state, g=g)
         return o * 2
 
-    s = make_inputs(3, 1, 2, 2, 8, "g")
+    s = make_inputs(3, 1, 2, 2, 8, PER_TOKEN)
     args = [s["q"][:, 0], s["k"][:, 0], s["v"][:, 0]]
     st_eager, st_comp = torch.randn(3, 2, 2, 8, device=DEVICE), None
     st_comp = st_eager.clone()
@@ -259,7 +279,7 @@ NEW_T = (2, 64, 129, 1000, 4100, 5003)
 
 
 def _prefill_fwd_bwd(B, T, H, K, V, dtype=torch.float32):
-    x = make_inputs(B, T, H, K, V, "g", h0=True, dtype=dtype)
+    x = make_inputs(B, T, H, K, V, PER_TOKEN, h0=True, dtype=dtype)
     x = {n: t.requires_grad_() for n, t in x.items()}
     o, ht = chunk_decay_attention(**x, output_final_state=True, backend="triton")
     (o.float().sum() + ht.sum()).backward()
@@ -291,7 +311,8 @@ def test_no_new_specialisation_for_new_T(dtype, monkeypatch):
     """On an H100's split plan (132 SMs), the launches of the forward and backward at new lengths T all
     have the compile-cache key of a launch at T=1 or at one split length: T, segment lengths and counts and the
     batch strides are never specialised, and no compile-time block depends on T. The kernels are not run
-    (only the launch arguments matter), so long sequences cost nothing here."""
+    (only the launch arguments matter), so long sequences cost nothing here. Every launch passes keyword
+    arguments only, so reordering a kernel's parameters cannot break a launch silently."""
     pytest.importorskip("triton.backends.nvidia", reason="triton has no CUDA backend here")
     key = _specialisation_key_function()
     launches = []
@@ -301,7 +322,10 @@ def test_no_new_specialisation_for_new_T(dtype, monkeypatch):
             self.kernel = kernel
 
         def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.kernel, key(self.kernel, args, kwargs)))
+            def launch(*args, **kwargs):
+                assert not args, f"{self.kernel.__name__} launched with positional arguments"
+                launches.append((self.kernel, key(self.kernel, args, kwargs)))
+            return launch
 
     for name in ("decay_attn_fwd_kernel", "decay_attn_bwd_dq_kernel", "decay_attn_bwd_dkv_kernel",
                  "small_heads_fwd_kernel", "small_heads_bwd_dq_kernel", "small_heads_bwd_dkv_kernel",
@@ -331,7 +355,7 @@ def test_no_new_specialisation_for_new_T(dtype, monkeypatch):
 
 @gpu_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 @pytest.mark.parametrize("h0", [False, True], ids=["h0off", "h0on"])
 def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
     monkeypatch.setattr(launchers, "DEFAULT_CHUNK_SIZE", None)  # production configurations
@@ -341,7 +365,7 @@ def test_gpu_half_precision(dtype, mode, h0, monkeypatch):
 
 
 @gpu_only
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 def test_gpu_bf16_small_heads(mode, monkeypatch):
     """bf16 through the small-head kernels (the temporal shape, 16 heads of K=2, V=8): on the CPU bf16 runs
     through float32 copies, so only a GPU runs this path."""
@@ -352,7 +376,7 @@ def test_gpu_bf16_small_heads(mode, monkeypatch):
 
 
 @gpu_only
-@pytest.mark.parametrize("mode", ["g", "gamma"])
+@pytest.mark.parametrize("mode", DECAYING_MODES)
 def test_gpu_float32_default_precision(mode, monkeypatch):
     """float32 with the production default ("tf32x3" products; bounds from the TF32 imitation above)."""
     monkeypatch.setattr(launchers, "FP32_DOT_PRECISION", None)

@@ -25,7 +25,7 @@ LAYERS = {
     "block, temporal off": lambda backend: FuXiLinearBlock(D, 2, num_periods=2, use_temporal=False,
                                                            positional_dim=4, max_positions=32, backend=backend),
 }
-BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(not triton_available(),
+BACKENDS = ["cpu", pytest.param("triton", marks=pytest.mark.skipif(not triton_available(),
                                                                           reason="Triton is not installed"))]
 
 
@@ -36,7 +36,7 @@ def small_exact_kernels(monkeypatch):
     monkeypatch.setattr(launchers, "POISON_OUTPUTS", True)
 
 
-def make(name, backend="reference", dtype=F64, seed=0):
+def make(name, backend="cpu", dtype=F64, seed=0):
     """The layer with its parameters moved away from their initial values (so that every one matters)."""
     torch.manual_seed(seed)
     layer = LAYERS[name](backend).to(dtype)
@@ -65,13 +65,13 @@ def close(a, b, tol):
 
 
 # measured worst errors (relative to 1 + max |expected|): reference float64 9.5e-16, Triton float32 2.8e-7
-TOLERANCE = {"reference": 1e-14, "triton": 3e-6}
+TOLERANCE = {"cpu": 1e-14, "triton": 3e-6}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_prefill_then_steps_equal_the_forward(name, backend):
-    dtype = F64 if backend == "reference" else torch.float32
+    dtype = F64 if backend == "cpu" else torch.float32
     layer, tol = make(name, backend, dtype), TOLERANCE[backend]
     x, ts = inputs(dtype=dtype)
     T = x.shape[1]
@@ -98,14 +98,14 @@ def test_steps_from_an_empty_state_equal_the_forward(name):
         state = layer.empty_state(2)
         for t in range(5):
             y_t, state = layer.step(x[:, t], state, timestamps=ts[:, t], query_timestamps=ts[:, t + 1])
-            assert close(y_t, y[:, t], TOLERANCE["reference"])
+            assert close(y_t, y[:, t], TOLERANCE["cpu"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_ragged_rows_equal_each_row_alone(name, backend):
     """``lengths``: each row's outputs and state as if it were alone (the Triton path packs the rows)."""
-    dtype = F64 if backend == "reference" else torch.float32
+    dtype = F64 if backend == "cpu" else torch.float32
     layer, tol = make(name, backend, dtype), TOLERANCE[backend]
     x, ts = inputs(dtype=dtype, seed=2)
     lengths = torch.tensor([7, 4, 1])
@@ -169,9 +169,9 @@ def _directional_derivatives(layer, x, ts, weights, tensors, eps):
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 @pytest.mark.parametrize("name", ["retention", "temporal", "block"])
-def test_triton_gradients_match_the_reference(name):
+def test_triton_gradients_match_the_cpu_path(name):
     grads = []
-    for backend in ("reference", "triton"):
+    for backend in ("cpu", "triton"):
         layer = make(name, backend, torch.float32)
         x, ts = inputs(dtype=torch.float32, seed=6)
         x.requires_grad_(True)

@@ -2,6 +2,7 @@
 its own parameters: the projections, the channel and the output are the layer's, the formulas the SPEC's."""
 import math
 
+import pytest
 import torch
 
 from fuxi_linear.compat import _BLOCK_NAMES
@@ -16,6 +17,7 @@ from fuxi_linear.layers import (
     sinusoidal_table,
     temporal_periods,
 )
+from fuxi_linear.layers.projection import ProjectionLayout
 from spec_oracle import _ln, _silu, block_one_user, positional_loop, retention_loop, temporal_loop
 
 F64 = torch.float64
@@ -126,3 +128,31 @@ def test_norms_are_parameter_free_and_correct():
     assert torch.allclose(ln.mean(-1), torch.zeros(3, dtype=F64), atol=1e-12)
     assert torch.allclose((x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6), ln)
     assert torch.allclose(rms_norm(x), x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_projection_layout_is_stated_once():
+    """One :class:`ProjectionLayout` names the columns ``[u | q | k | v]`` of the fused input projection: the
+    block's and Retention's ``uvqk``, the block's decode-step matrix ``[uvqk | W_v^T | W_p^T]`` and a released
+    checkpoint's ``_uvqk`` width all follow it, and its split takes the columns in order."""
+    D, H, dqk = 12, 3, 4
+    block = FuXiLinearBlock(D, H, dqk, num_periods=2, positional_dim=4, max_positions=16)
+    layout = block.uvqk_layout
+    assert layout == ProjectionLayout(gate=3 * D, qk=H * dqk, value=D, heads=H)
+    assert block.uvqk.shape == (D, layout.width) == (D, 3 * D + 2 * H * dqk + D)
+    w_in = block.step_weights().w_in
+    assert w_in.shape[1] == layout.width + 2 * D == sum(layout.step_sizes)
+    assert ProjectionLayout.of_step_matrix(w_in.shape[1], D, H) == layout
+    assert ProjectionLayout.of_block_width(layout.width, D, H) == layout
+    with pytest.raises(ValueError, match="does not fit 4D"):
+        ProjectionLayout.of_block_width(layout.width + 1, D, H)
+    retention = Retention(D, H, dqk)
+    assert retention.uvqk_layout == ProjectionLayout(gate=D, qk=H * dqk, value=D, heads=H)
+    assert retention.uvqk.shape == (D, 2 * D + 2 * H * dqk)
+    proj = torch.arange(layout.width, dtype=F64).expand(2, -1)
+    u, q, k, v = layout.split(proj)
+    assert (u.shape, q.shape, k.shape, v.shape) == ((2, 3 * D), (2, H, dqk), (2, H, dqk), (2, H, D // H))
+    assert torch.equal(torch.cat([u, q.flatten(-2), k.flatten(-2), v.flatten(-2)], -1), proj)
+    assert torch.equal(proj[:, layout.gate_and_q], torch.cat([u, q.flatten(-2)], -1))
+    assert torch.equal(proj[:, layout.k_and_v], torch.cat([k.flatten(-2), v.flatten(-2)], -1))
+    assert torch.equal(proj[:, layout.qkv], proj[:, layout.gate:])
+    assert layout.values_start == 3 * D + 2 * H * dqk

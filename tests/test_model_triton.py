@@ -19,7 +19,7 @@ def small_exact_kernels(monkeypatch):
 
 
 def _pair(**overrides):
-    ref = tiny_model(dtype=torch.float32, backend="reference", **overrides)
+    ref = tiny_model(dtype=torch.float32, backend="cpu", **overrides)
     tri = tiny_model(dtype=torch.float32, backend="triton", **overrides)
     tri.load_state_dict(ref.state_dict())
     return ref, tri
@@ -33,7 +33,7 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def test_encode_prefill_step_match_reference():
+def test_encode_prefill_step_match_cpu_path():
     ref, tri = _pair()
     lengths = torch.tensor([19, 4, 3])
     ids, ts, _, ts_ext = random_histories(ref.config.num_items, lengths, seed=11)
@@ -63,7 +63,7 @@ def test_encode_prefill_step_match_reference():
     check_errors(errors)
 
 
-def test_training_step_gradients_match_reference():
+def test_training_step_gradients_match_cpu_path():
     ref, tri = _pair(dropout=0.0)
     lengths = torch.tensor([20, 9])
     ids, ts, _, ts_ext = random_histories(ref.config.num_items, lengths, seed=12)

@@ -6,13 +6,13 @@ the output, the final state, one decode step after the prefill and (float32/floa
 Errors are measured against what float rounding allows: the same recurrence on absolute values,
 ``|S|_t = exp(g_t) |S|_{t-1} + |k_t|^T |v_t|``, ``|o|_t = |q_t| |S|_t``, bounds every term that was summed, so
 ``|o - o_ref| <= tol * |o|_t`` elementwise, tol a small multiple of the dtype's rounding unit (plus the
-reference backend's documented clamp of decay factors at exp(-80), and a half output's underflow). Gradients:
+CPU backend's documented clamp of decay factors at exp(-80), and a half output's underflow). Gradients:
 the largest error against the largest gradient of the absolute-value problem (the decay's: the size of the
-products it is summed from). Measured on this CPU (2026-12-05) over 1,000 examples of the reference backend
+products it is summed from). Measured on this CPU (2026-12-05) over 1,000 examples of the CPU backend
 and 200 (+ 50 with gradients) of the Triton interpreter (HYPOTHESIS_PROFILE-free runs of these strategies),
-worst error / bound, reference | Triton:
+worst error / bound, CPU | Triton:
 
-* float64: 1.0e-13 | 7.0e-16 (the reference's decays come from a float64 cumsum: strong decays reach |G| ~ 4e3,
+* float64: 1.0e-13 | 7.0e-16 (the CPU path's decays come from a float64 cumsum: strong decays reach |G| ~ 4e3,
   whose differences keep ~4e3 x 1.1e-16) -> tol 1e-12;
 * float32: 2.8e-7 | 1.9e-7 -> 3e-6; bfloat16: 3.9e-3 | 6.7e-3 (the output's rounding, 2^-8) -> 4e-2;
   float16: 4.8e-4 | 5.6e-4 (2^-11) -> 5e-3;
@@ -27,12 +27,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuxi_linear.ops import chunk_decay_attention, decay_attention_step, decay_plan
+from fuxi_linear.ops import DecayMode, chunk_decay_attention, decay_attention_step, decay_plan
 from property_settings import examples
 
 #: where the Triton backend runs: compiled on a GPU, else in the interpreter on the CPU (tests/conftest.py)
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-#: the reference backend's documented clamp of decay factors (exp(-80))
+#: the CPU backend's documented clamp of decay factors (exp(-80))
 CLAMP = math.exp(getattr(decay_plan, "MIN_LOG_DECAY", -80.0))
 #: half of the smallest subnormal of each dtype: where an output underflows, its rounding error
 SUBNORMAL = {torch.float64: 0.0, torch.float32: 0.0, torch.bfloat16: 2.0 ** -134, torch.float16: 2.0 ** -25}
@@ -70,7 +70,7 @@ def recurrence(q, k, v, g, h0, scale):
 
 def math_of(case, decay=True):
     """(o, final states, |o| bound, |S| bound) of a case in float64, sequence by sequence; ``decay=False``: of
-    the same case without any decay (what the reference's decay clamp is measured against)."""
+    the same case without any decay (what the CPU backend's decay clamp is measured against)."""
     q, k, v, g, h0 = (None if x is None else x.double() for x in
                       (case["q"], case["k"], case["v"], case["g_full"], case["h0"]))
     B, T, H, _ = v.shape
@@ -121,7 +121,7 @@ def operator_cases(draw, max_len, dims, dtypes):
         B, T = draw(st.integers(1, 3)), draw(st.integers(1, max_len))
         bounds, cuts = [(b, 0, T) for b in range(B)], None
     shared_qk = not packed and B > 1 and draw(st.booleans())
-    decay = draw(st.sampled_from(["none", "gamma", "g"]))
+    decay = draw(st.sampled_from([DecayMode.NONE, DecayMode.PER_HEAD, DecayMode.PER_TOKEN]))
     style = draw(st.sampled_from(["zero", "weak", "strong", "mixed"]))
     h0 = draw(st.booleans())
     scale = draw(st.sampled_from([1.0, 0.5, 1 / math.sqrt(K)]))
@@ -138,12 +138,13 @@ def operator_cases(draw, max_len, dims, dtypes):
                 h0=rnd(len(bounds), H, K, V).to(decay_dtype) if h0 else None, g=None, g_gamma=None,
                 step=step, desc=f"{dtype} B={B} T={T} H={H} K={K} V={V} packed={packed} shared={shared_qk} "
                                 f"decay={decay}/{style} h0={h0} scale={scale:.3g}")
-    if decay == "g":
+    if decay == DecayMode.PER_TOKEN:
         case["g"] = _log_decays(gen, (B, T, H), style).to(decay_dtype)
         case["g_full"] = case["g"]
     else:
-        per_head = _log_decays(gen, (H,), style).to(decay_dtype) if decay == "gamma" else torch.zeros(H, dtype=decay_dtype)
-        case["g_gamma"] = per_head if decay == "gamma" else None
+        per_head = (_log_decays(gen, (H,), style).to(decay_dtype) if decay == DecayMode.PER_HEAD else
+                    torch.zeros(H, dtype=decay_dtype))
+        case["g_gamma"] = per_head if decay == DecayMode.PER_HEAD else None
         case["g_full"] = per_head.view(1, 1, H).expand(B, T, H)
     # one more token per sequence for the decode step after the prefill
     N = len(bounds)
@@ -154,7 +155,7 @@ def operator_cases(draw, max_len, dims, dtypes):
 
 def _within(name, got, want, bound, tol, desc, slack=0.0):
     """``|got - want| <= tol * bound + slack`` elementwise (``slack``: a tensor or float of absolute error allowed
-    on top: the reference's decay clamp, the output dtype's underflow)."""
+    on top: the CPU backend's decay clamp, the output dtype's underflow)."""
     got = got.detach().double()
     assert not torch.isnan(got).any(), f"{name}: NaN in the result ({desc})"
     excess = (got - want).abs() - tol * bound - slack
@@ -164,10 +165,10 @@ def _within(name, got, want, bound, tol, desc, slack=0.0):
 
 
 def _slack(case, backend, nodecay_bound):
-    """Absolute error allowed besides rounding: the reference backend clamps decay factors at exp(-80) (a
+    """Absolute error allowed besides rounding: the CPU backend clamps decay factors at exp(-80) (a
     documented shortcut, :data:`fuxi_linear.ops.decay_plan.MIN_LOG_DECAY`: each term may keep up to exp(-80) of
     its undecayed size), and a half output rounds to its smallest subnormal near zero."""
-    slack = (CLAMP * nodecay_bound) if backend == "reference" else 0.0
+    slack = (CLAMP * nodecay_bound) if backend == "cpu" else 0.0
     return slack + SUBNORMAL[case["dtype"]]
 
 
@@ -249,7 +250,7 @@ def check_gradients(case, backend):
     def decay_scale(b):
         return sum(float((leaves[n].detach().double().cpu().abs() * b[n]).sum()) for n in ("q", "k", "h0")
                    if n in leaves)
-    clamp = CLAMP if backend == "reference" else 0.0
+    clamp = CLAMP if backend == "cpu" else 0.0
     ratios = {}
     for name, leaf in leaves.items():
         got = leaf.grad.double().cpu()
@@ -270,14 +271,14 @@ ALL_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 @settings(max_examples=examples(60))
 @given(operator_cases(max_len=40, dims=[1, 3, 8, 16], dtypes=ALL_DTYPES))
-def test_reference_backend_equals_the_recurrence(case):
-    check_case(case, "reference")
+def test_cpu_backend_equals_the_recurrence(case):
+    check_case(case, "cpu")
 
 
 @settings(max_examples=examples(25))
 @given(operator_cases(max_len=24, dims=[2, 8], dtypes=[torch.float32, torch.float64]))
-def test_reference_backend_gradients_equal_the_recurrence(case):
-    check_gradients(case, "reference")
+def test_cpu_backend_gradients_equal_the_recurrence(case):
+    check_gradients(case, "cpu")
 
 
 @settings(max_examples=examples(10))

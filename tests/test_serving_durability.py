@@ -86,7 +86,7 @@ def test_a_snapshot_of_another_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="saved by another model"):
         Decoder.load(tmp_path / "snap", reconfigured)
     # ...but not what does not change the served function (dropout, the loss's settings, the backend)
-    same = tiny_model(dropout=0.3, num_negatives=7, backend="reference")
+    same = tiny_model(dropout=0.3, num_negatives=7, backend="cpu")
     assert model_fingerprint(same) == model_fingerprint(model)
     assert Decoder.load(tmp_path / "snap", same).users == decoder.users
 

@@ -38,29 +38,29 @@ def test_operator_states_stay_float32_under_autocast():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 200, 2, 16, generator=gen).bfloat16() for _ in range(3))
     g = -torch.rand(2, 200, 2, generator=gen) * 0.1
-    o_ref, s_ref = chunk_decay_attention(q, k, v, g=g, output_final_state=True, backend="reference")
+    o_ref, s_ref = chunk_decay_attention(q, k, v, g=g, output_final_state=True, backend="cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        o, s = chunk_decay_attention(q, k, v, g=g, output_final_state=True, backend="reference")
+        o, s = chunk_decay_attention(q, k, v, g=g, output_final_state=True, backend="cpu")
     assert s.dtype == torch.float32 and o.dtype == torch.bfloat16
     assert torch.equal(s, s_ref) and torch.equal(o, o_ref)
 
 
-def test_bf16_objective_on_the_kernels_matches_the_reference():
-    """The GPU path of a bf16 step (Triton custom ops, here in the interpreter) against the reference under the
+def test_bf16_objective_on_the_kernels_matches_the_cpu_path():
+    """The GPU path of a bf16 step (Triton custom ops, here in the interpreter) against the CPU path under the
     same autocast: the same loss and gradients, and both within bf16 rounding of the float32 step."""
     ids = torch.randint(1, 51, (3, 10), generator=torch.Generator().manual_seed(1))
     ts = torch.arange(10)[None].repeat(3, 1) * 100 + 1_600_000_000
     args = (ids, ts, torch.tensor([10, 5, 7]), ts[:, -1] + 50, torch.tensor([1, 2, 3]),
             example_keys(0, 0, torch.arange(3)))
     grads = {}
-    for backend, dtype in (("reference", None), ("reference", torch.bfloat16), ("triton", torch.bfloat16)):
+    for backend, dtype in (("cpu", None), ("cpu", torch.bfloat16), ("triton", torch.bfloat16)):
         torch.manual_seed(0)
         model = build_model("fuxi-linear", num_items=50, max_seq_len=20, embedding_dim=16, num_blocks=1,
                             num_heads=2, dropout=0.0, temporal_num_periods=2, positional_dim=8, backend=backend)
         loss, _ = SampledSoftmaxObjective(model, dtype)(*args)
         loss.backward()
         grads[backend, dtype] = torch.cat([p.grad.flatten() for p in model.parameters()])
-    fp32, ref16, tri16 = grads["reference", None], grads["reference", torch.bfloat16], grads["triton", torch.bfloat16]
+    fp32, ref16, tri16 = grads["cpu", None], grads["cpu", torch.bfloat16], grads["triton", torch.bfloat16]
     # Both paths round the same bf16 operands; their float32 sums differ in order, which flips a few bf16
     # roundings downstream: measured 2e-7 .. 3.6e-5 relative over seeds 0-2 and FFN widths 1, 2, 4 (2026-12-05),
     # against 1.8e-4 .. 2.5e-4 between bf16 and float32

@@ -17,7 +17,8 @@ from .norms import layer_norm, rms_norm
 from .positional import LinearPositional, sinusoidal_table
 from .retention import Retention
 from .states import FuXiLinearBlockState, LinearPositionalState, RetentionState, TemporalRetentionState
-from .temporal import TemporalEncoding, TemporalRetention, temporal_periods
+from .temporal import TemporalRetention
+from .temporal_encoding import TemporalEncoding, temporal_periods
 
 __all__ = [
     "Retention",

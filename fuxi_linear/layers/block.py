@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..derived_cache import DerivedCache
-from ..ops.prefill import cast, last_tokens, uses_plan
+from ..ops.channel_prefill import last_tokens, uses_cpu_path
+from ..ops.dtypes import cast
 from ..ops.fused_block_step import fused_block_step
 from ..utils import check_int
 from .ffn import MultiStageFFN
@@ -18,10 +19,12 @@ from .layer_inputs import (check_lengths, check_optional_times, check_positions_
                            packs_rows, state_dtype, unpack_rows)
 from .norms import layer_norm, rms_norm
 from .positional import LinearPositional, positional_step_channel
+from .projection import ProjectionLayout
 from .retention import Retention, check_backend, retention_step_channel
 from .states import FuXiLinearBlockState
-from .temporal import (TemporalEncoding, TemporalFeatures, TemporalRetention, resolve_periods, temporal_step_channel,
-                       temporal_step_features)
+from .temporal import TemporalRetention, temporal_step_channel
+from .temporal_encoding import TemporalEncoding, TemporalFeatures, resolve_periods
+from .temporal_step import temporal_step_constants, temporal_step_features
 
 ChannelStates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # retention, temporal, positional
 
@@ -31,7 +34,8 @@ class StepWeights(NamedTuple):
     a step multiplies by (cached between steps, :meth:`FuXiLinearBlock.step_weights`).
 
     ``w_in (D, 4D + 2 H dqk + 2D)``: ``[W_uvqk | W_v^T | W_p^T]``, every input projection of the block in one
-    matrix (SiLU applies to the first ``4D + 2 H dqk`` columns only); ``w0 (3D, D)``, ``w31 (D, 2F)``
+    matrix, columns ``[u | q | k | v | v_t | v_p]`` (:class:`~fuxi_linear.layers.projection.ProjectionLayout`;
+    SiLU applies to ``[u | q | k | v]`` only); ``w0 (3D, D)``, ``w31 (D, 2F)``
     (``[W3^T | W1^T]``) and ``w2 (F, D)``: the FFN's, transposed for ``x @ w``; all (in, out) contiguous,
     the layout in which small-batch CPU products are fastest. ``gain, skip (3D,)``: the channels' outputs
     become ``gain * o + skip * v`` per column -- the retention heads' inclusive decay ``d_h`` (skip 0), the
@@ -73,10 +77,10 @@ def block_step(
     """
     N, D = x.shape
     H = w.g_gamma.shape[0]
-    Hq = (w.w_in.shape[1] - 6 * D) // 2
+    layout = ProjectionLayout.of_step_matrix(w.w_in.shape[1], D, H)
     proj = layer_norm(x) @ w.w_in
-    F.silu(proj[:, : 4 * D + 2 * Hq], inplace=True)  # u, q, k, v; the channel values W_v, W_p are linear
-    u, q, k, v, v_t, v_p = proj.split([3 * D, Hq, Hq, D, D, D], dim=1)
+    F.silu(proj[:, :layout.width], inplace=True)  # u, q, k, v; the channel values W_v, W_p are linear
+    u, q, k, v, v_t, v_p = proj.split(layout.step_sizes, dim=1)
     channels = [retention_step_channel(q.view(N, H, -1), k.view(N, H, -1), v.view(N, H, -1), states[0], w.g_gamma)]
     if temporal is not None:
         channels.append(temporal_step_channel(v_t.view(N, states[1].shape[-3], -1), temporal, states[1]))
@@ -87,7 +91,7 @@ def block_step(
         gain, skip = w.gain_ablation, w.skip_ablation
     else:
         gain, skip = w.gain, w.skip
-    v_all = proj[:, 3 * D + 2 * Hq:]  # [v | v_t | v_p], the skip terms
+    v_all = proj[:, layout.values_start:]  # [v | v_t | v_p], the skip terms
     # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
     y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
     h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)
@@ -100,7 +104,8 @@ def block_step(
 class FuXiLinearBlock(nn.Module):
     """The FuXi-Linear block (SPEC §5) as a layer: ``(B, T, D)`` and int64 times in, ``(B, T, D)`` out.
 
-    ``x_hat = LN(x)``; ``[u, q, k, v] = SiLU(x_hat W_uvqk)`` (u: 3D); the three channels -- retention on q, k, v
+    ``x_hat = LN(x)``; ``[u, q, k, v] = SiLU(x_hat W_uvqk)`` (u: 3D; the columns: ``uvqk_layout``, a
+    :class:`~fuxi_linear.layers.projection.ProjectionLayout`); the three channels -- retention on q, k, v
     (:class:`~fuxi_linear.layers.Retention`'s decay), temporal retention and linear positional attention on
     ``x_hat`` (:class:`~fuxi_linear.layers.TemporalRetention`, :class:`~fuxi_linear.layers.LinearPositional`);
     ``a = u * [LN(y_s), LN(y_t), LN(y_p)]``; then the multi-stage FFN with its residuals
@@ -115,7 +120,7 @@ class FuXiLinearBlock(nn.Module):
         use_temporal: False switches the temporal channel off (an ablation: it feeds zeros to the gate, needs
             no timestamps and keeps a zero state).
         positional_dim: P (default 32). max_positions: Nmax, the positional table's rows (default 2048).
-        dropout: the FFN's dropouts. backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        dropout: the FFN's dropouts. backend: ``"auto"``, ``"triton"`` or ``"cpu"``.
 
     Parameters: ``uvqk (D, 3D + 2 H dqk + D)`` ((in, out), N(0, 0.02)), ``retention``, ``temporal``,
     ``positional``, ``ffn``. Decode state: :class:`~fuxi_linear.layers.FuXiLinearBlockState`.
@@ -179,8 +184,9 @@ class FuXiLinearBlock(nn.Module):
         self.dim, self.num_heads, self.qk_dim = dim, num_heads, qk_dim
         self.use_temporal = use_temporal
         self.backend = check_backend(backend)
+        self.uvqk_layout = ProjectionLayout.of_block(dim, num_heads, qk_dim)
         # parameters are drawn in this order (the released model's): a seed fixes the weights of a model
-        self.uvqk = nn.Parameter(torch.randn(dim, 3 * dim + 2 * num_heads * qk_dim + dim) * 0.02)  # (in, out)
+        self.uvqk = nn.Parameter(torch.randn(dim, self.uvqk_layout.width) * 0.02)  # (in, out)
         self.retention = Retention._channel_of_block(dim, num_heads, qk_dim, backend)
         self.temporal = TemporalRetention._channel_of_block(dim, num_periods, temporal_skip, backend)
         self.positional = LinearPositional(dim, positional_dim, max_positions, backend=backend)
@@ -267,7 +273,7 @@ class FuXiLinearBlock(nn.Module):
         check_positions_fit(state.position, self.positional.num_positions, "a step")
         with torch.no_grad():
             weights = self._cached_step_weights()
-            feats = (temporal_step_features(encoding.step_constants(), state.last_timestamp, timestamps,
+            feats = (temporal_step_features(temporal_step_constants(encoding), state.last_timestamp, timestamps,
                                             query_timestamps, x_t.dtype) if self.use_temporal else None)
             y = block_step(x_t, weights, feats, state.position, (state.retention, state.temporal, state.positional),
                            backend=self.backend)
@@ -301,10 +307,7 @@ class FuXiLinearBlock(nn.Module):
     def _project(self, x: torch.Tensor):
         """``x: (..., D)`` -> ``x_hat (..., D)``, ``u (..., 3D)``, ``q, k (..., H, dqk)``, ``v (..., H, D/H)``."""
         x_hat = layer_norm(x)
-        D, Hq = self.dim, self.num_heads * self.qk_dim
-        u, q, k, v = torch.split(F.silu(x_hat @ self.uvqk.to(x_hat.dtype)), [3 * D, Hq, Hq, D], dim=-1)
-        heads = (self.num_heads, -1)
-        return x_hat, u, q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
+        return (x_hat, *self.uvqk_layout.split(F.silu(x_hat @ self.uvqk.to(x_hat.dtype))))
 
     def _mix(self, x, u, y_s, y_t, y_p) -> torch.Tensor:
         # one LayerNorm over the stacked channels normalises each channel's D values on its own
@@ -323,7 +326,7 @@ class FuXiLinearBlock(nn.Module):
         outputs: str = "all",
     ) -> Tuple[torch.Tensor, Optional[ChannelStates]]:
         """The block on given temporal operands (the model's, computed once for all blocks; the CPU path's
-        :class:`~fuxi_linear.layers.temporal.PairedHeadsPlan` or q, k, g): ``x: (B, T, D)`` (or packed
+        :class:`~fuxi_linear.layers.temporal_encoding.PairedHeadsPlan` or q, k, g): ``x: (B, T, D)`` (or packed
         ``(1, total, D)`` with ``cu_seqlens`` and ``positions: (1, total)``).
 
         ``temporal=None`` switches the temporal channel off. ``lengths (B,)``: right-padded rows whose final
@@ -333,17 +336,17 @@ class FuXiLinearBlock(nn.Module):
         """
         if outputs == "last":  # u, the gate and the FFN are only needed at the last tokens
             x_hat = layer_norm(x)
-            D, Hq, heads = self.dim, self.num_heads * self.qk_dim, (self.num_heads, -1)
+            layout = self.uvqk_layout
             w = cast(self.uvqk, x_hat.dtype)
             x = last_tokens(x, lengths, cu_seqlens)
             x_hat_last = last_tokens(x_hat, lengths, cu_seqlens)
-            if uses_plan(backend, x.device, cu_seqlens):  # the CPU path reads q at the last tokens only
-                u, q = torch.split(F.silu(x_hat_last @ w[:, :3 * D + Hq]), [3 * D, Hq], dim=-1)
-                k, v = torch.split(F.silu(x_hat @ w[:, 3 * D + Hq:]), [Hq, D], dim=-1)
+            if uses_cpu_path(backend, x.device, cu_seqlens):  # the CPU path reads q at the last tokens only
+                u, q = torch.split(F.silu(x_hat_last @ w[:, layout.gate_and_q]), [layout.gate, layout.qk], dim=-1)
+                k, v = torch.split(F.silu(x_hat @ w[:, layout.k_and_v]), [layout.qk, layout.value], dim=-1)
             else:
-                u = F.silu(x_hat_last @ w[:, :3 * D])
-                q, k, v = torch.split(F.silu(x_hat @ w[:, 3 * D:]), [Hq, Hq, D], dim=-1)
-            q, k, v = q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
+                u = F.silu(x_hat_last @ w[:, :layout.gate])
+                q, k, v = torch.split(F.silu(x_hat @ w[:, layout.qkv]), layout.sizes[1:], dim=-1)
+            q, k, v = layout.heads_of(q), layout.heads_of(k), layout.heads_of(v)
         else:
             x_hat, u, q, k, v = self._project(x)
         kw = dict(cu_seqlens=cu_seqlens, output_final_state=output_final_state, backend=backend, lengths=lengths,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..history_inputs import check_timestamps
-from ..ops.decay_attention import resolve_backend
+from ..ops.backends import resolve_backend
 from ..utils import INT_DTYPES
 
 _FLOATS = (torch.float32, torch.float64)

@@ -8,16 +8,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import (cast, compute_dtype, last_tokens, prefill_decay_attention, uses_plan,
-                           without_autocast)
 from ..derived_cache import inference_cache
+from ..ops.backends import check_backend
+from ..ops.channel_prefill import last_tokens, prefill_decay_attention, uses_cpu_path, without_autocast
 from ..ops.decay_plan import prepare_decay_attention
+from ..ops.dtypes import cast, compute_dtype
+from ..ops.fused_block_step import fused_block_step
+from ..ops.step_channel import StepChannel
 from ..utils import check_int
 from .layer_inputs import (check_lengths, check_positions_fit, check_sequence, check_state, check_step_input,
                            final_positions, mask_padding, pack_rows, packs_rows, state_dtype, unpack_rows)
 from .norms import layer_norm
-from .retention import check_backend
 from .states import LinearPositionalState
 
 
@@ -40,7 +41,7 @@ class LinearPositional(nn.Module):
     Args:
         dim: D. positional_dim: P, the kernel width (even; default 32). max_positions: Nmax, the table's rows
             (default 2048): events a history (prefill plus steps) may hold.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (as :class:`~fuxi_linear.layers.Retention`).
+        backend: ``"auto"``, ``"triton"`` or ``"cpu"`` (as :class:`~fuxi_linear.layers.Retention`).
 
     Parameters: ``table (Nmax, P)``, ``proj_p`` (D -> D, no bias), ``alpha (1)`` N(0, 0.02), ``beta (1)`` one.
     Decode state: :class:`LinearPositionalState`, ``P x D`` plus the position per user. q and k are the same for
@@ -156,10 +157,10 @@ class LinearPositional(nn.Module):
         sequence's last token (``lengths``: right-padded rows, as in the retention channel).
         """
         T = x_hat.shape[1]
-        if outputs == "last" and positions is None and uses_plan(backend, x_hat.device, cu_seqlens):
+        if outputs == "last" and positions is None and uses_cpu_path(backend, x_hat.device, cu_seqlens):
             return self._last_from_inputs(x_hat, lengths, output_final_state)
         v = F.linear(x_hat, self.proj_p.weight).unsqueeze(-2)
-        if positions is None and lengths is None and uses_plan(backend, x_hat.device, cu_seqlens):
+        if positions is None and lengths is None and uses_cpu_path(backend, x_hat.device, cu_seqlens):
             # rows from position 0, all full: the whole plan depends on the table and T only
             cdt = compute_dtype(v.dtype)
             plan = inference_cache(self, "plan", (self.table,), (T, cdt, outputs, output_final_state),

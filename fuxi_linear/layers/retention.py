@@ -7,24 +7,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.fused_block_step import StepChannel, fused_block_step
-from ..ops.prefill import cast, compute_dtype, prefill_decay_attention, uses_plan, without_autocast
-from ..ops.decay_attention import BACKENDS
-from ..ops.decay_plan import HeadDecay, prepare_decay_attention
 from ..derived_cache import inference_cache
+from ..ops.backends import check_backend
+from ..ops.channel_prefill import prefill_decay_attention, uses_cpu_path, without_autocast
+from ..ops.decay_plan import HeadDecay, prepare_decay_attention
+from ..ops.dtypes import cast, compute_dtype
+from ..ops.fused_block_step import fused_block_step
+from ..ops.step_channel import StepChannel
 from ..utils import check_int
 from .layer_inputs import (check_lengths, check_sequence, check_state, check_step_input, final_positions,
                            mask_padding, pack_rows, packs_rows, state_dtype, unpack_rows)
 from .norms import layer_norm
+from .projection import ProjectionLayout
 from .states import RetentionState
-
-
-def check_backend(backend: object) -> str:
-    """``backend`` of a layer: ``"auto"`` (the Triton kernels on CUDA, the PyTorch CPU path elsewhere),
-    ``"triton"`` or ``"reference"``."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
 
 
 class Retention(nn.Module):
@@ -40,7 +35,7 @@ class Retention(nn.Module):
         num_heads: H; the value width of a head is D / H.
         qk_dim: dqk, the width of q and k per head (default D / H).
         backend: ``"auto"`` (Triton kernels for CUDA tensors, the PyTorch CPU path otherwise), ``"triton"``
-            or ``"reference"``.
+            or ``"cpu"`` (``"reference"``, the former name of ``"cpu"``, is deprecated).
 
     Parameters: ``uvqk (D, 2D + 2 H dqk)`` (stored (in, out)), ``decay_logits (H,)`` (``a``), ``out_proj``
     (D -> D, no bias); all N(0, 0.02). Decode state: :class:`RetentionState`, ``H x dqk x dv`` per user.
@@ -53,8 +48,8 @@ class Retention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_dim: Optional[int] = None, *, backend: str = "auto"):
         super().__init__()
         self._init_channel(dim, num_heads, qk_dim, backend)
-        H, K = self.num_heads, self.qk_dim
-        self.uvqk = nn.Parameter(torch.randn(dim, 2 * dim + 2 * H * K) * 0.02)
+        self.uvqk_layout = ProjectionLayout.of_retention(dim, self.num_heads, self.qk_dim)
+        self.uvqk = nn.Parameter(torch.randn(dim, self.uvqk_layout.width) * 0.02)
         self.out_proj = nn.Linear(dim, dim, bias=False)
         nn.init.normal_(self.out_proj.weight, std=0.02)
 
@@ -77,7 +72,7 @@ class Retention(nn.Module):
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
         self.qk_dim = dim // num_heads if qk_dim is None else qk_dim
-        self.backend = check_backend(backend)
+        self.backend = check_backend(backend, stacklevel=3)
         self.decay_logits = nn.Parameter(torch.randn(num_heads) * 0.02)  # "a" of SPEC §2
 
     def extra_repr(self) -> str:
@@ -157,9 +152,7 @@ class Retention(nn.Module):
 
     def _project(self, x_hat: torch.Tensor):
         """``x_hat (..., D)`` -> ``u (..., D)``, ``q, k (..., H, dqk)``, ``v (..., H, D / H)``."""
-        D, Hq, heads = self.dim, self.num_heads * self.qk_dim, (self.num_heads, -1)
-        u, q, k, v = torch.split(F.silu(x_hat @ cast(self.uvqk, x_hat.dtype)), [D, Hq, Hq, D], dim=-1)
-        return u, q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
+        return self.uvqk_layout.split(F.silu(x_hat @ cast(self.uvqk, x_hat.dtype)))
 
     def _output(self, u: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """``W_o (u * LN(o))`` for ``u, o (..., D)``."""
@@ -187,11 +180,11 @@ class Retention(nn.Module):
         state: (N, H, dqk, dv) | None)``.
 
         ``lengths (B,)``: right-padded rows (final states at ``lengths - 1``); ``outputs="last"``: ``o (B, H, dv)``
-        at each sequence's last token only (see :func:`fuxi_linear.ops.prefill.prefill_decay_attention`); on the
+        at each sequence's last token only (see :func:`fuxi_linear.ops.channel_prefill.prefill_decay_attention`); on the
         CPU path ``q`` may then hold the last tokens' queries only, ``(B, H, dqk)``.
         """
         T = k.shape[1]
-        if uses_plan(backend, v.device, cu_seqlens):  # the decay factors depend on the parameters and T only
+        if uses_cpu_path(backend, v.device, cu_seqlens):  # the decay factors depend on the parameters and T only
             cdt = compute_dtype(v.dtype)
             d, decay = inference_cache(self, "decay", (self.decay_logits,), (T, q.shape[-1], cdt, v.device),
                                        lambda: self._decays(T, q.shape[-1], cdt))

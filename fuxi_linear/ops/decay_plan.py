@@ -3,9 +3,9 @@ any number of value tensors, all chunks at once (SPEC §1's chunked form; one ch
 
 :func:`prepare_decay_attention` builds a :class:`DecayAttentionPlan` from ``q, k`` and the decay (per token:
 :class:`_TokenDecay`, cumulative sums in float64; per head: :class:`HeadDecay`, from integer offsets);
-:meth:`DecayAttentionPlan.apply` multiplies values in. The reference operator
-(:func:`fuxi_linear.ops.reference.chunk_decay_attention_reference`) and the channels' prefill
-(:mod:`fuxi_linear.ops.prefill`) run on it. Layout and shapes as in :mod:`fuxi_linear.ops.reference`.
+:meth:`DecayAttentionPlan.apply` multiplies values in. The CPU backend's operator
+(:func:`fuxi_linear.ops.cpu_decay_attention.chunk_decay_attention_cpu`) and the channels' prefill
+(:mod:`fuxi_linear.ops.channel_prefill`) run on it. Layout and shapes as in :mod:`fuxi_linear.ops.definition`.
 """
 from __future__ import annotations
 

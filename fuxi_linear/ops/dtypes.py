@@ -1,4 +1,4 @@
-"""The operator's two dtype rules, shared by the reference, the CPU path, the decode step and the launchers."""
+"""The operator's two dtype rules, shared by the definition, the CPU path, the decode step and the launchers."""
 from __future__ import annotations
 
 import torch

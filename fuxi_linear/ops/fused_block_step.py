@@ -1,4 +1,4 @@
-"""A FuXi-Linear block's decode step on all of its channels at once: the operator, its reference and
+"""A FuXi-Linear block's decode step on all of its channels at once: the operator, its CPU path and
 dispatch.
 
 Each channel is a scalar-decay linear attention (SPEC §1) with one new token per user; for user n, head h::
@@ -13,47 +13,22 @@ FuXi channels do after the operator (the retention heads' inclusive decay, the a
 :func:`fused_block_step` advances up to three channels (in the FuXi block: retention, temporal,
 positional) and returns their outputs side by side, ``(N, sum_c H_c V_c)``: on a GPU one Triton launch
 (``fuxi_linear.kernels.fused_block_step``) instead of one per channel; on a CPU
-:func:`fused_block_step_reference`, the same math in a few PyTorch calls per channel. The operator is not
+:func:`fused_block_step_cpu`, the same math in a few PyTorch calls per channel. The operator is not
 differentiable (decode only: gradients go through the prefill forms).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from .decay_attention import resolve_backend
+from .backends import resolve_backend
 from .dtypes import cast
+from .step_channel import MAX_CHANNELS, StepChannel
 from .validation import check_step_inputs
 from .value_checks import ValueChecks, add_distinct_rows_check
 
-__all__ = ["StepChannel", "fused_block_step", "fused_block_step_reference", "check_fused_step_inputs",
-           "MAX_CHANNELS"]
-
-#: Channels one launch advances (the three of a FuXi-Linear block).
-MAX_CHANNELS = 3
-
-
-class StepChannel(NamedTuple):
-    """One channel of a fused decode step.
-
-    Attributes:
-        q, k: ``(N, H, K)`` float (bf16/fp16/fp32/fp64); v: ``(N, H, V)``, the same dtype.
-        state: ``(N, H, K, V)``, or a pool ``(P, H, K, V)`` addressed by the step's ``state_indices``;
-            float32 or float64, any strides; advanced in place.
-        g: optional log-decay per (user, head) ``(N, H)``; or g_gamma: per head ``(H,)``; or neither.
-        scale: multiplies ``q S``. k_scale: multiplies ``k`` in the state update.
-    """
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    state: torch.Tensor
-    g: Optional[torch.Tensor] = None
-    g_gamma: Optional[torch.Tensor] = None
-    scale: float = 1.0
-    k_scale: float = 1.0
-
+__all__ = ["StepChannel", "fused_block_step", "fused_block_step_cpu", "check_fused_step_inputs", "MAX_CHANNELS"]
 
 def _check_float(name: str, value: object) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -101,7 +76,7 @@ def check_fused_step_inputs(
         checks.run("sync")
 
 
-def _channel_step_reference(c: StepChannel, rows: Optional[torch.Tensor]) -> torch.Tensor:
+def _channel_step_cpu(c: StepChannel, rows: Optional[torch.Tensor]) -> torch.Tensor:
     """One channel: advances ``c.state`` in place, returns ``o: (N, H * V)`` in v's dtype.
 
     Written for few PyTorch calls (a CPU step is bound by their overhead, not by the arithmetic): the state
@@ -125,10 +100,11 @@ def _channel_step_reference(c: StepChannel, rows: Optional[torch.Tensor]) -> tor
     return cast(o, c.v.dtype).view(N, H * V)
 
 
-def fused_block_step_reference(
+def fused_block_step_cpu(
     channels: Sequence[StepChannel], state_indices: Optional[torch.Tensor] = None, validate: bool = True
 ) -> torch.Tensor:
-    """The fused step in PyTorch (the CPU path and the tests' oracle); see the module docstring.
+    """The fused step in PyTorch (the CPU path, ``backend="cpu"``, and the tests' oracle); see the module
+    docstring.
 
     Returns ``(N, sum_c H_c V_c)`` in v's dtype: channel outputs ``(N, H_c * V_c)`` side by side, in order.
     """
@@ -137,9 +113,9 @@ def fused_block_step_reference(
     rows = state_indices.long() if state_indices is not None else None
     if torch.is_grad_enabled():
         with torch.no_grad():
-            outputs = [_channel_step_reference(c, rows) for c in channels]
+            outputs = [_channel_step_cpu(c, rows) for c in channels]
     else:
-        outputs = [_channel_step_reference(c, rows) for c in channels]
+        outputs = [_channel_step_cpu(c, rows) for c in channels]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
 
@@ -154,7 +130,7 @@ def fused_block_step(
     Args:
         channels: 1 to 3 :class:`StepChannel` (one N, v dtype and device).
         state_indices: optional ``(N,)`` int32/int64 distinct rows of every channel's state pool.
-        backend: ``"auto"`` (Triton on CUDA, the reference elsewhere), ``"triton"`` or ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA, the CPU path elsewhere), ``"triton"`` or ``"cpu"``.
         validate: check the inputs (:func:`check_fused_step_inputs`; reading ``state_indices`` back is one
             host synchronisation). ``False`` skips every check: for callers that guarantee their inputs.
     Returns:
@@ -168,4 +144,4 @@ def fused_block_step(
         from .triton_fused_block_step import fused_block_step_triton
 
         return fused_block_step_triton(channels, state_indices)
-    return fused_block_step_reference(channels, state_indices, validate=False)
+    return fused_block_step_cpu(channels, state_indices, validate=False)

@@ -1,5 +1,5 @@
 """Triton backend of the decay-attention operator (SPEC §1): ``torch.library`` custom operators, autograd and
-the two public functions (imported by :mod:`fuxi_linear.ops.decay_attention`, which validates inputs first):
+the two public functions (imported by :mod:`fuxi_linear.ops.public_api`, which validates inputs first):
 
 * :func:`chunk_decay_attention_triton` — chunked prefill, differentiable in q, k, v, g, g_gamma and
   initial_state;
@@ -17,9 +17,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import triton_launchers as launchers
 from .dtypes import compute_dtype
-from .triton_launchers import bwd_impl, check_chunk_size, check_head_dims, fwd_impl, step_impl
+from .triton_launchers import bwd_impl, check_head_dims, fwd_impl, resolve_chunk_size, step_impl
 
 __all__ = ["chunk_decay_attention_triton", "decay_attention_step_triton"]
 
@@ -34,7 +33,8 @@ def _fwd_op(
     scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], chunk_size: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(o, final_state)``; the final state is always computed (it costs one K x V write).
-    ``chunk_size`` 0: each kernel's configured chunk length."""
+    ``chunk_size``: the resolved chunk length (``triton_launchers.resolve_chunk_size``; 0: each kernel's
+    configured one), saved for the backward."""
     return fwd_impl(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size)
 
 
@@ -128,13 +128,12 @@ def chunk_decay_attention_triton(
     Inputs are assumed validated (``fuxi_linear.ops.validation.check_chunk_inputs``). ``q, k: (B|1, T, H, K)``,
     ``v: (B, T, H, V)`` (any strides; unit stride on the last axis avoids a copy), ``g: (B, T, H)`` or
     ``g_gamma: (H,)``, ``initial_state: (N, H, K, V)``, ``cu_seqlens: (N+1,)`` with B = 1. ``K <= 128``, any V.
-    ``chunk_size`` (power of two >= 16) defaults to ``triton_launchers.DEFAULT_CHUNK_SIZE`` (None: per-kernel configured
-    lengths). Returns ``(o (B, T, H, V) contiguous in v's dtype, final_state (N, H, K, V) float32 | None)``
-    (float64 for float64 input). Differentiable in q, k, v, g, g_gamma and initial_state.
+    ``chunk_size`` (power of two >= 16) defaults to ``triton_launchers.DEFAULT_CHUNK_SIZE`` (None: per-kernel
+    configured lengths; :func:`~fuxi_linear.ops.triton_launchers.resolve_chunk_size`). Returns
+    ``(o (B, T, H, V) contiguous in v's dtype, final_state (N, H, K, V) float32 | None)`` (float64 for float64
+    input). Differentiable in q, k, v, g, g_gamma and initial_state.
     """
-    if chunk_size is None:
-        chunk_size = launchers.DEFAULT_CHUNK_SIZE
-    chunk_size = 0 if chunk_size is None else check_chunk_size(chunk_size)
+    chunk_size = resolve_chunk_size(chunk_size)
     check_head_dims(q.shape[-1])
     o, ht = _fwd_op(q, k, v, g, g_gamma, float(scale), initial_state, cu_seqlens, chunk_size)
     return o, (ht if output_final_state else None)

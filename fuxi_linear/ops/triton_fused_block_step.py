@@ -13,9 +13,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import triton
 
+from fuxi_linear.kernels.decay_mode import DecayMode
 from fuxi_linear.kernels.fused_block_step import fused_block_step_kernel
 
-from .fused_block_step import MAX_CHANNELS, StepChannel
+from .step_channel import MAX_CHANNELS, StepChannel
 
 __all__ = ["fused_block_step_triton", "channel_tiles", "TILE_ELEMENTS", "NUM_WARPS"]
 
@@ -52,42 +53,56 @@ def _unit_last(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return x.contiguous()
 
 
+def _channel_args(c: int, q, k, v, g, g_gamma, state, scale, k_scale, N: int, column: int) -> Tuple[dict, int]:
+    """The kernel's keyword arguments of channel ``c`` (its parameter names with the suffix c) and the
+    channel's program count. q, k, v are read with any user stride (each user's block contiguous), g with a
+    unit head stride, the state through its own strides."""
+    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+    g = _unit_last(g)
+    H, K, V = v.shape[1], q.shape[2], v.shape[2]
+    BR, BK, BV, programs = channel_tiles(H, K, V, N)
+    sn, sh, sk, sv = state.stride()
+    args = dict(q=q, k=k, v=v, g=g, gamma=None if g_gamma is None else g_gamma.contiguous(), s=state,
+                stride_q=q.stride(0), stride_k=k.stride(0), stride_v=v.stride(0),
+                stride_g=g.stride(0) if g is not None else 0,
+                stride_sn=sn, stride_sh=sh, stride_sk=sk, stride_sv=sv, scale=float(scale), kscale=float(k_scale),
+                H=H, K=K, V=V, BR=BR, BK=BK, BV=BV, DECAY=int(DecayMode.of(g, g_gamma)), OCOL=column)
+    return {f"{name}{c}": value for name, value in args.items()}, programs
+
+
+def _absent_channel_args(c: int) -> dict:
+    """Placeholders of an absent channel ``c`` (never reached: ``NUM_CHANNELS`` prunes its code)."""
+    args = dict(q=None, k=None, v=None, g=None, gamma=None, s=None, stride_q=0, stride_k=0, stride_v=0,
+                stride_g=0, stride_sn=0, stride_sh=0, stride_sk=0, stride_sv=0, scale=1.0, kscale=1.0,
+                H=1, K=1, V=1, BR=1, BK=1, BV=1, DECAY=int(DecayMode.NONE), OCOL=0)
+    return {f"{name}{c}": value for name, value in args.items()}
+
+
 def _launch(qs, ks, vs, states, gs, g_gammas, scales, k_scales, state_indices):
     C = len(vs)
     N = vs[0].shape[0]
-    widths = [v.shape[1] * v.shape[2] for v in vs]
-    width = sum(widths)
+    width = sum(v.shape[1] * v.shape[2] for v in vs)
     if POISON_OUTPUTS:
         o = torch.full((N, width), float("nan"), dtype=vs[0].dtype, device=vs[0].device)
     else:
         o = torch.empty((N, width), dtype=vs[0].dtype, device=vs[0].device)
-    runtime: List[object] = []
-    const = {}
-    ends, end, col = [], 0, 0
+    channels = {}
+    ends, end, column = [], 0, 0
     for c in range(MAX_CHANNELS):
         if c < C:
-            q, k, v = _rows_contiguous(qs[c]), _rows_contiguous(ks[c]), _rows_contiguous(vs[c])
-            g, gamma = _unit_last(gs[c]), g_gammas[c]
-            s = states[c]
-            H, K, V = v.shape[1], q.shape[2], v.shape[2]
-            BR, BK, BV, programs = channel_tiles(H, K, V, N)
+            args, programs = _channel_args(c, qs[c], ks[c], vs[c], gs[c], g_gammas[c], states[c], scales[c],
+                                           k_scales[c], N, column)
             end += programs
-            runtime += [q, k, v, g, None if gamma is None else gamma.contiguous(), s,
-                        q.stride(0), k.stride(0), v.stride(0), g.stride(0) if g is not None else 0,
-                        *s.stride(), float(scales[c]), float(k_scales[c])]
-            decay = 1 if g is not None else (2 if gamma is not None else 0)
-            values = dict(H=H, K=K, V=V, BR=BR, BK=BK, BV=BV, DECAY=decay, OCOL=col)
-            col += widths[c]
-        else:  # absent channel: never reached (NUM_CHANNELS prunes it), placeholders only
-            runtime += [None] * 6 + [0] * 8 + [1.0, 1.0]
-            values = dict(H=1, K=1, V=1, BR=1, BK=1, BV=1, DECAY=0, OCOL=0)
+            column += vs[c].shape[1] * vs[c].shape[2]
+        else:
+            args = _absent_channel_args(c)
         ends.append(end)
-        const.update({f"{name}{c}": value for name, value in values.items()})
+        channels.update(args)
     if N == 0:
         return o
     fused_block_step_kernel[(ends[-1],)](
-        N, state_indices, o, o.stride(0), ends[0], ends[1], *runtime,
-        NUM_CHANNELS=C, USE_INDICES=state_indices is not None, num_warps=NUM_WARPS, **const,
+        N=N, state_indices=state_indices, o=o, stride_on=o.stride(0), END0=ends[0], END1=ends[1], **channels,
+        NUM_CHANNELS=C, USE_INDICES=state_indices is not None, num_warps=NUM_WARPS,
     )
     return o
 

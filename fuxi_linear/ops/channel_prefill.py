@@ -1,9 +1,11 @@
-"""The prefill entry point of the FuXi channels: one call that runs the operator on whole histories, on the
-CPU path (a :class:`~fuxi_linear.ops.decay_plan.DecayAttentionPlan`) or through :func:`chunk_decay_attention`
-(the Triton kernels, packed input), and returns the outputs at every token or at each sequence's last token.
+"""The operator as the layers' channels call it in a prefill: :func:`prefill_decay_attention` runs it on whole
+histories, on the CPU path (a :class:`~fuxi_linear.ops.decay_plan.DecayAttentionPlan`) or through the Triton
+kernels (padded or packed input), and returns the outputs at every token or at each sequence's last token;
+with the helpers the layers share around it (:func:`uses_cpu_path`, :func:`last_tokens`,
+:func:`without_autocast`, :func:`repeat_last`).
 
 The layers call it with tensors they built themselves from validated model inputs, so it does not validate
-them again (the public operator, :func:`chunk_decay_attention`, does).
+them again (the public operator, :func:`~fuxi_linear.ops.chunk_decay_attention`, does).
 """
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .decay_attention import chunk_decay_attention, resolve_backend
-from .dtypes import cast, compute_dtype
+from .backends import resolve_backend
 from .decay_plan import DecayAttentionPlan, HeadDecay, prepare_decay_attention
+from .dtypes import cast, compute_dtype
+from .public_api import chunk_decay_attention
+
+__all__ = ["prefill_decay_attention", "uses_cpu_path", "last_tokens", "without_autocast", "repeat_last", "OUTPUTS"]
 
 OUTPUTS = ("all", "last")
 
@@ -31,9 +36,10 @@ def last_tokens(x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
     return x[torch.arange(x.shape[0], device=x.device), lengths.long() - 1]
 
 
-def uses_plan(backend: str, device: torch.device, cu_seqlens: Optional[torch.Tensor] = None) -> bool:
-    """Whether a prefill on ``device`` with this ``backend`` runs the CPU path (padded input only)."""
-    return cu_seqlens is None and resolve_backend(backend, device) == "reference"
+def uses_cpu_path(backend: str, device: torch.device, cu_seqlens: Optional[torch.Tensor] = None) -> bool:
+    """Whether a prefill on ``device`` with this ``backend`` runs the CPU path's plan (padded input only: packed
+    input goes through :func:`~fuxi_linear.ops.chunk_decay_attention`)."""
+    return cu_seqlens is None and resolve_backend(backend, device) == "cpu"
 
 
 def repeat_last(x: torch.Tensor, times: int) -> torch.Tensor:
@@ -100,7 +106,7 @@ def prefill_decay_attention(
     """
     if outputs not in OUTPUTS:
         raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
-    if plan is not None or uses_plan(backend, v.device, cu_seqlens):
+    if plan is not None or uses_cpu_path(backend, v.device, cu_seqlens):
         return _apply_plan(q, k, v, g, g_gamma, lengths, output_final_state, outputs, plan)
     if isinstance(g_gamma, HeadDecay):
         g_gamma = g_gamma.gamma
@@ -128,5 +134,3 @@ def _apply_plan(q, k, v, g, g_gamma, lengths, output_final_state, outputs, plan)
     o, state = plan.apply(cast(v, cdt), output_final_state=output_final_state, outputs=outputs)
     return cast(o, v.dtype), state
 
-
-__all__ = ["without_autocast", "repeat_last", "cast", "last_tokens", "uses_plan", "compute_dtype", "prefill_decay_attention"]

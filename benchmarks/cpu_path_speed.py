@@ -1,11 +1,11 @@
-"""CPU speed of the PyTorch reference operator (the CPU path) against a plain chunk loop.
+"""CPU speed of the operator's CPU path (``chunk_decay_attention_cpu``) against a plain chunk loop.
 
 The comparison point, :func:`chunk_loop_per_head_decay`, is the straightforward chunked retention that
 visits 128-token chunks one at a time and builds each chunk's decay matrix from the per-head decay (the
 shape of the released FuXi-Linear code, which has no kernels). Both run the retention-like operator
 ``o_t = sum_{s<=t} exp(g (t - s)) (q_t . k_s) v_s`` on the three FuXi channel shapes.
 
-    python benchmarks/reference_cpu_speed.py [--batch 16] [--seq-lens 1024,4096] [--threads N]
+    python benchmarks/cpu_path_speed.py [--batch 16] [--seq-lens 1024,4096] [--threads N]
 
 Prints the minimum of repeated timings (ms), forward (inference) and forward+backward.
 """
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from fuxi_linear.ops.reference import chunk_decay_attention_reference
+from fuxi_linear.ops import chunk_decay_attention_cpu
 
 SHAPES = {"retention H=4 K=V=32": (4, 32, 32), "temporal H=16 K=2 V=8": (16, 2, 8),
           "positional H=1 K=32 V=128": (1, 32, 128)}
@@ -62,7 +62,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"CPU | torch {torch.__version__} | {torch.get_num_threads()} threads | batch {args.batch} | fp32 | "
           f"min of {args.repeats} after a warm-up")
-    print("| shape | T | reference fwd ms | chunk loop fwd ms | reference fwd+bwd ms | chunk loop fwd+bwd ms |")
+    print("| shape | T | CPU path fwd ms | chunk loop fwd ms | CPU path fwd+bwd ms | chunk loop fwd+bwd ms |")
     print("|---|---|---|---|---|---|")
     torch.manual_seed(0)
     for T in (int(t) for t in args.seq_lens.split(",")):
@@ -70,7 +70,7 @@ def main() -> None:
             q, k = torch.randn(2, args.batch, T, H, K)
             v = torch.randn(args.batch, T, H, V)
             gg = -torch.rand(H)
-            ours = lambda: chunk_decay_attention_reference(q, k, v, g_gamma=gg)[0]  # noqa: E731
+            ours = lambda: chunk_decay_attention_cpu(q, k, v, g_gamma=gg)[0]  # noqa: E731
             loop = lambda: chunk_loop_per_head_decay(q, k, v, gg)  # noqa: E731
             with torch.no_grad():
                 fwd = [best_ms(f, args.repeats) for f in (ours, loop)]

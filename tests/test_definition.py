@@ -1,8 +1,8 @@
 """The root of the kernels' chain of comparisons: SPEC §1's recurrence as scalar loops (initial states, a scale,
-several heads, packed sequences of ragged lengths) against the three reference forms in float64, the gradients
-of the recurrence against finite differences, and the forms against each other, forward and backward. The
-kernel tests compare with :func:`parallel_decay_attention` in float64. Every error is held to 8x what it
-measured (``error_bounds``)."""
+several heads, packed sequences of ragged lengths) against the readable definition (the recurrent and the
+parallel form) and the CPU path's chunked form in float64, the gradients of the recurrence against finite
+differences, and the forms against each other, forward and backward. The kernel tests compare with
+:func:`parallel_decay_attention` in float64. Every error is held to 8x what it measured (``error_bounds``)."""
 import math
 
 import pytest
@@ -10,26 +10,28 @@ import torch
 
 from error_bounds import check_errors, max_abs, rel_error
 from fuxi_linear.ops import (
+    DecayMode,
     chunk_decay_attention,
-    chunk_decay_attention_reference,
+    chunk_decay_attention_cpu,
     decay_attention_step,
     parallel_decay_attention,
     recurrent_decay_attention,
 )
 
 F64 = torch.float64
+NONE, PER_TOKEN, PER_HEAD = DecayMode.NONE, DecayMode.PER_TOKEN, DecayMode.PER_HEAD
 
 
-def _inputs(B=2, T=37, H=3, K=4, V=5, decay="g", h0=True, shared_qk=False, seed=0, dtype=F64):
+def _inputs(B=2, T=37, H=3, K=4, V=5, decay=PER_TOKEN, h0=True, shared_qk=False, seed=0, dtype=F64):
     g = torch.Generator().manual_seed(seed)
     Bq = 1 if shared_qk else B
     q = torch.randn(Bq, T, H, K, generator=g, dtype=dtype)
     k = torch.randn(Bq, T, H, K, generator=g, dtype=dtype)
     v = torch.randn(B, T, H, V, generator=g, dtype=dtype)
     kw = {}
-    if decay == "g":
+    if decay == PER_TOKEN:
         kw["g"] = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=g, dtype=dtype) + 2)
-    elif decay == "g_gamma":
+    elif decay == PER_HEAD:
         kw["g_gamma"] = -torch.rand(H, generator=g, dtype=dtype)
     if h0:
         kw["initial_state"] = torch.randn(B, H, K, V, generator=g, dtype=dtype)
@@ -61,7 +63,7 @@ def _hand_recurrence(q, k, v, g, scale, h0, cu_seqlens):
 LENGTHS = [4, 1, 7, 3]  # packed, ragged
 
 
-@pytest.mark.parametrize("decay", ["g", "g_gamma", None])
+@pytest.mark.parametrize("decay", [PER_TOKEN, PER_HEAD, NONE])
 def test_forms_equal_the_hand_recurrence(decay):
     """Initial states, scale 0.7, 2 heads, 4 packed sequences of ragged lengths: every form's outputs and final
     states equal the scalar loops to float64 rounding."""
@@ -73,12 +75,12 @@ def test_forms_equal_the_hand_recurrence(decay):
     cu = torch.tensor([0] + LENGTHS).cumsum(0)
     g = torch.nn.functional.logsigmoid(torch.randn(1, total, H, generator=gen, dtype=F64) + 1)
     g_gamma = -torch.rand(H, generator=gen, dtype=F64)
-    kw = {"g": dict(g=g), "g_gamma": dict(g_gamma=g_gamma), None: {}}[decay]
-    per_token = {"g": g[0], "g_gamma": g_gamma.expand(total, H), None: torch.zeros(total, H, dtype=F64)}[decay]
+    kw = {PER_TOKEN: dict(g=g), PER_HEAD: dict(g_gamma=g_gamma), NONE: {}}[decay]
+    per_token = {PER_TOKEN: g[0], PER_HEAD: g_gamma.expand(total, H), NONE: torch.zeros(total, H, dtype=F64)}[decay]
     o_hand, s_hand = _hand_recurrence(q[0], k[0], v[0], per_token, scale, h0, cu)
     assert o_hand.abs().max() > 0.5 and s_hand.abs().max() > 0.5
     forms = {"recurrent": recurrent_decay_attention, "parallel": parallel_decay_attention,
-             "chunk2": lambda *a, **kw: chunk_decay_attention_reference(*a, chunk_size=2, **kw)}
+             "chunk2": lambda *a, **kw: chunk_decay_attention_cpu(*a, chunk_size=2, **kw)}
     errors = {}
     for name, fn in forms.items():
         o, s = fn(q, k, v, scale=scale, initial_state=h0, output_final_state=True, cu_seqlens=cu, **kw)
@@ -113,19 +115,19 @@ def test_recurrence_gradients_are_the_finite_differences():
     assert torch.autograd.gradcheck(per_head, (q, k, v, g_gamma, h0), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-@pytest.mark.parametrize("decay", ["g", "g_gamma", None])
+@pytest.mark.parametrize("decay", [PER_TOKEN, PER_HEAD, NONE])
 @pytest.mark.parametrize("h0", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 8, 64])
 def test_forms_agree(decay, h0, chunk_size):
     q, k, v, kw = _inputs(decay=decay, h0=h0)
     o_r, s_r = recurrent_decay_attention(q, k, v, output_final_state=True, **kw)
     o_p, s_p = parallel_decay_attention(q, k, v, output_final_state=True, **kw)
-    o_c, s_c = chunk_decay_attention_reference(q, k, v, output_final_state=True, chunk_size=chunk_size, **kw)
+    o_c, s_c = chunk_decay_attention_cpu(q, k, v, output_final_state=True, chunk_size=chunk_size, **kw)
     check_errors({"parallel_o": max_abs(o_p, o_r), "parallel_state": max_abs(s_p, s_r),
                   "chunk_o": max_abs(o_c, o_r), "chunk_state": max_abs(s_c, s_r)})
 
 
-@pytest.mark.parametrize("decay", ["g", "g_gamma"])
+@pytest.mark.parametrize("decay", [PER_TOKEN, PER_HEAD])
 def test_gradients_agree(decay):
     q, k, v, kw = _inputs(T=21, decay=decay)
     leaves = [q, k, v] + list(kw.values())
@@ -135,7 +137,7 @@ def test_gradients_agree(decay):
     do = torch.randn(v.shape, dtype=F64)
     dS = torch.randn(kw["initial_state"].shape, dtype=F64)
     grads = []
-    for fn, extra in ((recurrent_decay_attention, {}), (chunk_decay_attention_reference, {"chunk_size": 8}),
+    for fn, extra in ((recurrent_decay_attention, {}), (chunk_decay_attention_cpu, {"chunk_size": 8}),
                       (parallel_decay_attention, {})):
         o, s = fn(q, k, v, output_final_state=True, **kw, **extra)
         grads.append(torch.autograd.grad((o * do).sum() + (s * dS).sum(), leaves))
@@ -147,11 +149,11 @@ def test_gradients_agree(decay):
 
 def test_packed_equals_separate_sequences():
     lengths = [5, 1, 14, 1, 3]
-    q, k, v, kw = _inputs(B=1, T=sum(lengths), decay="g", h0=False)
+    q, k, v, kw = _inputs(B=1, T=sum(lengths), decay=PER_TOKEN, h0=False)
     h0 = torch.randn(len(lengths), 3, 4, 5, dtype=F64)
     cu = torch.tensor([0] + lengths).cumsum(0)
-    o_c, s_c = chunk_decay_attention_reference(q, k, v, g=kw["g"], initial_state=h0, output_final_state=True,
-                                               cu_seqlens=cu, chunk_size=4)
+    o_c, s_c = chunk_decay_attention_cpu(q, k, v, g=kw["g"], initial_state=h0, output_final_state=True,
+                                         cu_seqlens=cu, chunk_size=4)
     o_p, s_p = parallel_decay_attention(q, k, v, g=kw["g"], initial_state=h0, output_final_state=True,
                                         cu_seqlens=cu)
     errors = {}
@@ -166,9 +168,9 @@ def test_packed_equals_separate_sequences():
 
 
 def test_shared_qk_broadcasts_and_sums_gradient():
-    q, k, v, kw = _inputs(B=3, decay=None, h0=False, shared_qk=True)
+    q, k, v, kw = _inputs(B=3, decay=NONE, h0=False, shared_qk=True)
     q.requires_grad_(True)
-    o, _ = chunk_decay_attention_reference(q, k, v, chunk_size=8)
+    o, _ = chunk_decay_attention_cpu(q, k, v, chunk_size=8)
     o_full, _ = recurrent_decay_attention(q.detach().expand(3, -1, -1, -1).contiguous(), k.expand(3, -1, -1, -1), v)
     (o.sum()).backward()
     expected = sum(torch.autograd.grad(recurrent_decay_attention(q, k, v[b:b + 1])[0].sum(), q)[0] for b in range(3))
@@ -177,7 +179,7 @@ def test_shared_qk_broadcasts_and_sums_gradient():
 
 
 def test_decode_after_prefill_equals_longer_prefill():
-    q, k, v, kw = _inputs(T=30, decay="g", h0=True)
+    q, k, v, kw = _inputs(T=30, decay=PER_TOKEN, h0=True)
     o_all, s_all = chunk_decay_attention(q, k, v, output_final_state=True, **kw)
     _, state = chunk_decay_attention(q[:, :25], k[:, :25], v[:, :25], g=kw["g"][:, :25],
                                      initial_state=kw["initial_state"], output_final_state=True)
@@ -211,7 +213,7 @@ def test_step_with_state_pool_and_per_head_decay():
 def test_half_precision_inputs_are_computed_in_float32(dtype):
     """Half inputs: the output comes back in the input dtype (only its rounding to that dtype is lost), the
     final state in float32 at float32 accuracy (it never passes through the half dtype)."""
-    q, k, v, kw = _inputs(decay="g", h0=False, dtype=torch.float32)
+    q, k, v, kw = _inputs(decay=PER_TOKEN, h0=False, dtype=torch.float32)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     o, s = chunk_decay_attention(q, k, v, output_final_state=True, **kw)
     assert o.dtype == dtype and s.dtype == torch.float32
