@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import FuXiLinearConfig
-from .decode_state import DecodeState
+from .decoding.decode_state import DecodeState
 from .history_inputs import check_history, check_step_events
 from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
@@ -18,9 +18,9 @@ from .layers.temporal_encoding import TemporalEncoding, temporal_periods
 from .layers.temporal_step import temporal_step_constants
 from .ops.channel_prefill import uses_cpu_path
 from .ops.dtypes import cast
-from .retrieval import SequentialRetrievalMixin, l2_normalize
-from .step_graph import ModelStepOperands, decode_step
-from .compiled_step import CompiledDecodeStep
+from .embedding_scoring_loss import SequentialRetrievalMixin, l2_normalize
+from .decoding.decode_step import ModelStepOperands, decode_step
+from .decoding.compiled_step import CompiledDecodeStep
 
 
 _STATE_FLOATS = (torch.float32, torch.float64)

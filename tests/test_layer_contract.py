@@ -10,7 +10,7 @@ from fuxi_linear.layers import (FuXiLinearBlock, FuXiLinearBlockState, LinearPos
                                 Retention, RetentionState, TemporalRetention, TemporalRetentionState)
 from fuxi_linear.ops import triton_available
 from fuxi_linear.ops import triton_launchers as launchers
-from fuxi_linear.retrieval import l2_normalize
+from fuxi_linear.embedding_scoring_loss import l2_normalize
 
 F64 = torch.float64
 D = 16

@@ -33,7 +33,6 @@ spread of repeats), ``run`` (one function per measured stage), ``report`` (table
 """
 from __future__ import annotations
 
-from .demo import DemoSettings, read_table, run_demo
 from .host_syncs import HOST_SYNC_OPS, HostSyncCounter, count_cuda_kernel_launches
 from .inputs import BenchInputs, build_bench_models, decode_call, make_inputs, model_kwargs, prefill_call
 from .compile import CompiledPrefill
@@ -60,5 +59,5 @@ __all__ = [
     "time_call", "time_interleaved", "is_out_of_memory", "spread", "BenchResult", "run_benchmark", "run_bench",
     "prefill_stage", "decode_stage", "throughput_stage", "format_report", "noise_warning", "format_bytes", "speedups",
     "write_json", "plot_results", "require_matplotlib",
-    "HostSyncCounter", "HOST_SYNC_OPS", "count_cuda_kernel_launches", "DemoSettings", "run_demo", "read_table",
+    "HostSyncCounter", "HOST_SYNC_OPS", "count_cuda_kernel_launches",
 ]

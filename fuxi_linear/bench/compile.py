@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
-from ..compiled_step import compile_failures
+from ..decoding.compiled_step import compile_failures
 
 #: Graphs dynamo may compile per function before it refuses (each benchmarked length compiles a prefill graph).
 RECOMPILE_LIMIT = 64

@@ -15,9 +15,9 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .layers.block import StepWeights, block_step
-from .layers.temporal_step import TemporalStepConstants, temporal_step_features
-from .retrieval import l2_normalize
+from ..layers.block import StepWeights, block_step
+from ..layers.temporal_step import TemporalStepConstants, temporal_step_features
+from ..embedding_scoring_loss import l2_normalize
 
 __all__ = ["ModelStepOperands", "decode_step"]
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..history_inputs import check_history, check_step_events
-from ..retrieval import SequentialRetrievalMixin, l2_normalize
-from ..utils import check_int
+from ...history_inputs import check_history, check_step_events
+from ...embedding_scoring_loss import SequentialRetrievalMixin, l2_normalize
+from ...utils import check_int
 from .compiled_step import CompiledKVStep
 from .config import BaselineConfig
 from .kv_cache import KVCache

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.ffn import MultiStageFFN
-from ..layers.norms import layer_norm
+from ...layers.ffn import MultiStageFFN
+from ...layers.norms import layer_norm
 from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, StepWindow, query_chunks
 from .kv_cache import KVCache
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor

@@ -25,7 +25,7 @@ from typing import Any, Dict
 
 import torch
 
-from .derived_cache import DerivedCache
+from ..derived_cache import DerivedCache
 
 #: Config fields left out of the fingerprint: they change training or the execution path, not the function.
 NOT_FINGERPRINTED = ("dropout", "temperature", "num_negatives", "backend")

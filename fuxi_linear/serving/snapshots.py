@@ -23,9 +23,9 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
-from .decode_state import STATE_FORMAT, STATE_VERSION, DecodeState
-from .fault_injection import crash_point
-from .utils import atomic_write_text, fsync_path
+from ..decoding.decode_state import STATE_FORMAT, STATE_VERSION, DecodeState
+from ..fault_injection import crash_point
+from ..utils import atomic_write_text, fsync_path
 
 #: Format name and version of a snapshot manifest.
 SNAPSHOT_FORMAT = "fuxi_linear.Decoder"

@@ -16,7 +16,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .retrieval import next_item_targets, sampled_softmax_loss
+from ..embedding_scoring_loss import next_item_targets, sampled_softmax_loss
 
 _MASK32 = 0xFFFFFFFF
 

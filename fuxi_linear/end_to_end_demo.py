@@ -21,11 +21,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..utils import atomic_write_json
-from .plot import plot_results
-from .report import format_bytes, format_report, row_label, write_json
-from .run import BenchResult, run_benchmark
-from .settings import BENCH_MODELS, BenchError, BenchSettings
+from .utils import atomic_write_json
+from .bench.plot import plot_results
+from .bench.report import format_bytes, format_report, row_label, write_json
+from .bench.run import BenchResult, run_benchmark
+from .bench.settings import BENCH_MODELS, BenchError, BenchSettings
 
 METRIC_KEYS = ("ndcg@10", "ndcg@50", "hr@10", "hr@50", "mrr")
 
@@ -75,7 +75,7 @@ class DemoSettings:
 
 
 def _train_config(s: DemoSettings):
-    from ..training import TrainConfig
+    from .training import TrainConfig
 
     values = dict(dataset="synthetic", model="fuxi-linear", epochs=s.epochs, synthetic_users=s.synthetic_users,
                   synthetic_items=s.synthetic_items, synthetic_mean_events=s.synthetic_mean_events,
@@ -97,9 +97,9 @@ def _metrics_table(ours: Dict[str, float], popular: Dict[str, float]) -> str:
 
 def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train, evaluate, benchmark; returns (and writes to ``DIR/demo.json``) the summary."""
-    from ..data import leave_one_out
-    from ..evaluation import most_popular_metrics
-    from ..training import load_log, train
+    from .data import leave_one_out
+    from .evaluation import most_popular_metrics
+    from .training import load_log, train
 
     started = time.time()
     threads_before = torch.get_num_threads()

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from ..retrieval import l2_normalize, next_item_targets, sampled_softmax_loss
+from ...embedding_scoring_loss import l2_normalize, next_item_targets, sampled_softmax_loss
 from .base import SequentialRecommenderBase
 from .config import BaselineConfig
 from .kv_cache import KVCache

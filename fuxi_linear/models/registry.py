@@ -13,8 +13,8 @@ import torch.nn as nn
 from .baselines.fuxi_alpha import FuXiAlpha, FuXiAlphaConfig
 from .baselines.hstu import HSTU, HSTUConfig
 from .baselines.sasrec import SASRec, SASRecConfig
-from .config import FuXiLinearConfig
-from .model import FuXiLinear
+from ..config import FuXiLinearConfig
+from ..model import FuXiLinear
 
 #: name -> (model class, config class).
 _MODELS: Dict[str, Tuple[Type[nn.Module], type]] = {

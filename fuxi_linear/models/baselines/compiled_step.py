@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..compiled_step import compile_failures
+from ...decoding.compiled_step import compile_failures
 
 __all__ = ["CompiledKVStep", "DEFAULT_OPTIONS"]
 

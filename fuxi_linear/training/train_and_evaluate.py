@@ -36,19 +36,19 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .acceleration import autocast_dtype, check_compile_backend
+from .precision_and_compile import autocast_dtype, check_compile_backend
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointCosts, check_resume_scale, copy_checkpoint, load_checkpoint,
                          model_from_checkpoint, remove_stale_temporaries, save_checkpoint, training_checkpoint)
-from .data import collate_batch, leave_one_out, load_dataset, make_loader
+from ..data import collate_batch, leave_one_out, load_dataset, make_loader
 from .distributed import (DistributedContext, combine_metrics, global_batches, launched_world_size, rank_share,
                           setup_distributed, shard_range)
-from .evaluation import evaluate_full_ranking
+from ..evaluation import evaluate_full_ranking
 from .objective import SampledSoftmaxObjective, example_keys
 from .random_streams import RANDOM_STREAMS, seed_step
-from .registry import MODEL_NAMES, build_model
-from .schedule import should_stop_early, warmup_lr
-from .training_config import PRESETS, TrainConfig, model_kwargs
-from .utils import atomic_write_json, progress, resolve_device
+from ..models.registry import MODEL_NAMES, build_model
+from .warmup_and_early_stopping import should_stop_early, warmup_lr
+from .train_config import PRESETS, TrainConfig, model_kwargs
+from ..utils import atomic_write_json, progress, resolve_device
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -9,8 +9,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .fingerprint import check_fingerprint, model_fingerprint
-from .user_rows import UserRows
-from .utils import INT_DTYPES, atomic_write
+from ..user_rows import UserRows
+from ..utils import INT_DTYPES, atomic_write
 
 #: ``DecodeState.save`` files: the format name and version they carry.
 STATE_FORMAT = "fuxi_linear.DecodeState"

@@ -36,13 +36,13 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import torch
 
-from .decode_state import DecodeState
-from .fingerprint import check_fingerprint, model_fingerprint
-from .history_inputs import check_step_events
-from .model import FuXiLinear
-from .ops.value_checks import ValueChecks, resolve_value_check_mode
-from .serving_snapshot import read_snapshot, write_snapshot
-from .utils import check_int
+from ..decoding.decode_state import DecodeState
+from ..decoding.fingerprint import check_fingerprint, model_fingerprint
+from ..history_inputs import check_step_events
+from ..model import FuXiLinear
+from ..ops.value_checks import ValueChecks, resolve_value_check_mode
+from .snapshots import read_snapshot, write_snapshot
+from ..utils import check_int
 
 __all__ = ["Decoder", "batch_buckets"]
 

@@ -10,9 +10,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from .config import FuXiLinearConfig
-from .layers.projection import ProjectionLayout
-from .model import FuXiLinear
+from ..config import FuXiLinearConfig
+from ..layers.projection import ProjectionLayout
+from ..model import FuXiLinear
 
 _ITEM = "_embedding_module._item_emb.weight"
 _POS = "_input_features_preproc._pos_emb.weight"

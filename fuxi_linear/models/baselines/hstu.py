@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.norms import layer_norm
+from ...layers.norms import layer_norm
 from .base import PointwiseAttentionRecommender, SequentialRecommenderBase, StepWindow, query_chunks
 from .kv_cache import KVCache
 from .relative_bias import PointwiseAttentionConfig, RelativeBias, attention_divisor

@@ -8,10 +8,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from .acceleration import PRECISIONS
-from .data import DATASET_NAMES, SYNTHETIC_TEMPORAL_PERIODS, default_temporal_periods
-from .registry import MODEL_NAMES
-from .utils import check_int, check_positive_ints
+from .precision_and_compile import PRECISIONS
+from ..data import DATASET_NAMES, SYNTHETIC_TEMPORAL_PERIODS, default_temporal_periods
+from ..models.registry import MODEL_NAMES
+from ..utils import check_int, check_positive_ints
 
 # The paper's configurations: the authors' released configuration files (SPEC §10), which the parameter counts
 # of tests/test_presets.py pin. Batch sizes are global (per optimizer step, over all processes: 64 per GPU x 2

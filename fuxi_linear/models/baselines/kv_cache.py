@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..user_rows import UserRows
+from ...user_rows import UserRows
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import ConfigDictMixin
-from ..utils import check_positive_ints
+from ...config import ConfigDictMixin
+from ...utils import check_positive_ints
 
 
 @dataclass

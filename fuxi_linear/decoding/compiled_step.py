@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .step_graph import ModelStepOperands, decode_step
+from .decode_step import ModelStepOperands, decode_step
 
 __all__ = ["CompiledDecodeStep", "packed_decode_step", "compile_failures", "DEFAULT_OPTIONS"]
 

@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .fault_injection import crash_point
+from ..fault_injection import crash_point
 from .random_streams import RANDOM_STREAMS
-from .registry import build_model
-from .utils import atomic_write
+from ..models.registry import build_model
+from ..utils import atomic_write
 
 #: Version of the checkpoint layout (``ckpt["format"]``); :func:`load_checkpoint` reads these.
 CHECKPOINT_FORMAT = 2
