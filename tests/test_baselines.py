@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from fuxi_linear import FuXiLinear
-from fuxi_linear.models.baselines import (MODEL_NAMES, FuXiAlpha, HSTU, KVCache, SASRec, build_model,
-                                   next_item_targets, query_times, sampled_softmax_loss, time_bucket)
+from fuxi_linear.models import MODEL_NAMES, build_model
+from fuxi_linear.models.baselines import (FuXiAlpha, HSTU, KVCache, SASRec, next_item_targets, query_times,
+                                          sampled_softmax_loss, time_bucket)
 from model_helpers import random_histories
 
 BASELINES = ["sasrec", "hstu", "fuxi-alpha"]

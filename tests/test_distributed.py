@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fuxi_linear.models.baselines import build_model
+from fuxi_linear.models import build_model
 from fuxi_linear.training.checkpoint import check_resume_scale
 from fuxi_linear.data import leave_one_out, make_synthetic_log
 from fuxi_linear.training.distributed import combine_metrics, global_batches, rank_share, shard_range

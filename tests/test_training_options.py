@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fuxi_linear.training import precision_and_compile
-from fuxi_linear.models.baselines import build_model
+from fuxi_linear.models import build_model
 from fuxi_linear.cli import main
 from fuxi_linear.data import leave_one_out, make_synthetic_log
 from fuxi_linear.training.objective import SampledSoftmaxObjective, example_keys

@@ -3,8 +3,8 @@
 ``SASRec`` (softmax attention), ``HSTU`` (pointwise SiLU attention with relative position/time bias) and
 ``FuXiAlpha`` (three-channel HSTU-like attention with the multi-stage FFN) all expose ``encode``,
 ``prefill``, ``step``, ``loss``, ``score`` and ``item_vectors`` with the semantics of
-:class:`fuxi_linear.FuXiLinear`; decode keeps a per-layer :class:`KVCache`. :func:`build_model` (from
-:mod:`fuxi_linear.registry`) builds any of them, or FuXi-Linear itself, by name.
+:class:`fuxi_linear.FuXiLinear`; decode keeps a per-layer :class:`KVCache`. :func:`fuxi_linear.models.build_model`
+builds any of them, or FuXi-Linear itself, by name.
 """
 from __future__ import annotations
 
@@ -18,18 +18,7 @@ from .hstu import HSTU, HSTUConfig
 from .relative_bias import PointwiseAttentionConfig
 from .sasrec import SASRec, SASRecConfig
 
-
-def __getattr__(name: str):
-    # MODEL_NAMES and build_model live in fuxi_linear.registry, which imports the baselines' modules: read on
-    # first use, so that importing either module first works (an import here would be circular).
-    if name in ("MODEL_NAMES", "build_model"):
-        from .. import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
-    "MODEL_NAMES", "build_model",
     "SASRec", "SASRecConfig", "HSTU", "HSTUConfig", "FuXiAlpha", "FuXiAlphaConfig",
     "BaselineConfig", "PointwiseAttentionConfig", "KVCache", "SequentialRecommenderBase",
     "l2_normalize", "sampled_softmax_loss", "next_item_targets", "query_times", "time_bucket",
