@@ -24,7 +24,8 @@ import torch
 from .utils import atomic_write_json
 from .bench.plot import plot_results
 from .bench.report import format_bytes, format_report, row_label, write_json
-from .bench.run import BenchResult, run_benchmark
+from .bench.result import BenchResult
+from .bench.run import run_benchmark
 from .bench.settings import BENCH_MODELS, BenchError, BenchSettings
 
 METRIC_KEYS = ("ndcg@10", "ndcg@50", "hr@10", "hr@50", "mrr")
