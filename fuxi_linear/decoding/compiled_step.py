@@ -1,6 +1,6 @@
 """The decode step compiled by ``torch.compile`` for CPU tensors, with an eager fallback.
 
-A CPU decode step of a few users is bound by per-operation overhead: eagerly, :func:`~fuxi_linear.step_graph.
+A CPU decode step of a few users is bound by per-operation overhead: eagerly, :func:`~fuxi_linear.decoding.decode_step.
 decode_step` is about a hundred small ATen calls of a few microseconds each around some tens of microseconds of
 arithmetic. Compiled, inductor fuses everything between the matrix products (the embedding gathers, temporal
 features, layer norms, SiLU, the three channels' state updates and outputs, the gates, the FFN's norm and GLU)
@@ -40,8 +40,8 @@ def compile_failures() -> tuple:
 def packed_decode_step(operands: ModelStepOperands, events: torch.Tensor, retention: torch.Tensor,
                        temporal: torch.Tensor, positional: torch.Tensor, last_timestamp: torch.Tensor,
                        position: torch.Tensor) -> torch.Tensor:
-    """:func:`~fuxi_linear.step_graph.decode_step` (the CPU path's channels) with ``events (4, N)`` int64 = the
-    item ids, timestamps, query timestamps and state rows stacked: the compiled graph then has one batch size among
+    """:func:`~fuxi_linear.decoding.decode_step.decode_step` (the CPU path's channels) with ``events (4, N)`` int64 =
+    the item ids, timestamps, query timestamps and state rows stacked: the compiled graph then has one batch size among
     its inputs instead of four (each symbolic size of a graph's inputs costs a few microseconds per call)."""
     return decode_step(operands, events[0], events[1], events[2], retention, temporal, positional, last_timestamp,
                        position, events[3], backend="cpu")
@@ -53,7 +53,7 @@ def _compile(fn: Callable, options: Optional[Dict[str, Any]]) -> Callable:
 
 
 class CompiledDecodeStep:
-    """Calls :func:`~fuxi_linear.step_graph.decode_step` (same arguments, CPU tensors, the CPU path's
+    """Calls :func:`~fuxi_linear.decoding.decode_step.decode_step` (same arguments, CPU tensors, the CPU path's
     channel operator) through ``torch.compile``.
 
     Compiled lazily, at the first call, as one graph for every batch size above 1 (the events go in as one

@@ -73,7 +73,7 @@ class DecodeState(UserRows):
     def save(self, path: Union[str, os.PathLike], model: Optional[torch.nn.Module] = None) -> Path:
         """Write the state to ``path`` atomically (a synced temporary file renamed into place: a crash leaves the
         previous file or the complete new one) with a format version and, given the ``model`` that made the
-        state, its fingerprint (:func:`fuxi_linear.fingerprint.model_fingerprint`), which :meth:`load` checks.
+        state, its fingerprint (:func:`fuxi_linear.decoding.fingerprint.model_fingerprint`), which :meth:`load` checks.
         The tensors are saved on the CPU."""
         payload = {"format": STATE_FORMAT, "version": STATE_VERSION,
                    "fingerprint": model_fingerprint(model) if model is not None else None,

@@ -2,7 +2,7 @@
 
 :meth:`fuxi_linear.FuXiLinear.step` checks its inputs, reads the parameter-derived operands from the step
 caches (:class:`ModelStepOperands`) and calls :func:`decode_step`: eagerly, or compiled
-(:mod:`fuxi_linear.compiled_step`). Everything the step reads is an argument, every size comes from a shape,
+(:mod:`fuxi_linear.decoding.compiled_step`). Everything the step reads is an argument, every size comes from a shape,
 and nothing inside looks at tensor values on the host or keeps Python-side state, so ``torch.compile``
 traces it as one graph (on a CPU, inductor fuses the layer norms, SiLU, the gates and the state updates into
 a handful of C++ loops around the matrix products).

@@ -1,7 +1,7 @@
 """The models this package trains and benchmarks, by name: the one list of names and :func:`build_model`.
 
 Every place that names models (``fuxi-linear train --model``, ``fuxi-linear bench --models``, the demo, the
-pytest-benchmark suites, ``fuxi_linear.baselines``) takes :data:`MODEL_NAMES` and its order: FuXi-Linear
+pytest-benchmark suites, ``fuxi_linear.models.baselines``) takes :data:`MODEL_NAMES` and its order: FuXi-Linear
 first (the bench reports its speed-up over each of the others), then the quadratic baselines.
 """
 from __future__ import annotations

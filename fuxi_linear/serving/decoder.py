@@ -26,7 +26,7 @@ A graph replays the weights it was captured with; the decoder notices changed pa
 Durability: ``save(DIR)`` writes a snapshot of the admitted users (their states, rows, positions and last
 event times, the free rows) next to the model's fingerprint, and ``Decoder.load(DIR, model)`` restores it --
 a restarted server continues every user without prefilling their histories again. A crash during a save
-leaves the previous snapshot loadable (:mod:`fuxi_linear.serving_snapshot`).
+leaves the previous snapshot loadable (:mod:`fuxi_linear.serving.snapshots`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Training checkpoints, the files ``fuxi-linear train`` writes (``DIR/checkpoint.pt``, ``DIR/last.pt``):
 the model's name, constructor arguments and weights, the optimizer state, the epoch, step and history, the
-:class:`fuxi_linear.training_config.TrainConfig`, the scale of the run and -- in a checkpoint written inside
+:class:`fuxi_linear.training.train_config.TrainConfig`, the scale of the run and -- in a checkpoint written inside
 an epoch (``--checkpoint-every``) -- the position in that epoch. (The paper's released checkpoints are imported
-by :mod:`fuxi_linear.compat`.)
+by :mod:`fuxi_linear.models.released_checkpoint`.)
 
 Files are written to a temporary name, synced and renamed (:func:`fuxi_linear.utils.atomic_write`), so an
 interrupted run never leaves a half-written checkpoint: ``last.pt`` is the previous one or the new one.
@@ -11,7 +11,7 @@ Layout (format 2): ``epoch`` is the last *completed* epoch (0-based; -1 before t
 ``position`` is None at an epoch's end, or, inside an epoch, ``{"epoch": e, "batches_done": k, "num_batches",
 "num_examples", "loss_sum", "events", "users", "seconds"}``: the first k global batches of epoch e's example
 order are done, with the epoch's running sums so far (over all ranks). The random streams are not stored:
-they are derived from ``(seed, epoch, step, rank)`` (:mod:`fuxi_linear.random_streams`), named by
+they are derived from ``(seed, epoch, step, rank)`` (:mod:`fuxi_linear.training.random_streams`), named by
 ``random_streams``. Format 1 (no ``position``, no derived streams) still loads and resumes at an epoch's end.
 """
 from __future__ import annotations

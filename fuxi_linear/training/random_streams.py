@@ -4,8 +4,8 @@ run draws exactly what the uninterrupted run drew -- from any step, on any rank,
 A training run consumes randomness in three places:
 
 * the example order of an epoch: ``randperm`` seeded with ``seed + epoch``
-  (:func:`fuxi_linear.distributed.global_batches`);
-* the sampled negatives: a hash of ``(seed, epoch, example, position)`` (:mod:`fuxi_linear.objective`);
+  (:func:`fuxi_linear.training.distributed.global_batches`);
+* the sampled negatives: a hash of ``(seed, epoch, example, position)`` (:mod:`fuxi_linear.training.objective`);
 * dropout: the framework's default generators (torch's CPU generator, and the CUDA generator of each device),
   which :func:`seed_step` re-seeds before every optimizer step from :func:`step_seed` ``(seed, epoch, step,
   rank)``.

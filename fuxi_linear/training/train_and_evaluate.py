@@ -2,8 +2,8 @@
 
 ``fuxi-linear train`` and ``fuxi-linear eval`` (``fuxi_linear.cli``) are thin front ends over
 :func:`train` and :func:`evaluate_checkpoint`. What a run depends on is a
-:class:`fuxi_linear.training_config.TrainConfig`; its checkpoints are read and written by
-:mod:`fuxi_linear.checkpoint`.
+:class:`fuxi_linear.training.train_config.TrainConfig`; its checkpoints are read and written by
+:mod:`fuxi_linear.training.checkpoint`.
 
 Output folder ``DIR``: ``checkpoint.pt`` (the best epoch by validation NDCG@10; with the 2-way split, the
 last epoch), ``last.pt`` (for ``--resume``; at every epoch's end, and every ``checkpoint_every`` optimizer
@@ -15,13 +15,13 @@ half-written file.
 Exact resume: everything a step depends on is either in the checkpoint (weights, AdamW state, step, position
 in the epoch's example order, running sums) or a function of the run's seed and position (the example order,
 the negatives, and dropout, whose generators are re-seeded before every step from ``(seed, epoch, step,
-rank)``: :mod:`fuxi_linear.random_streams`). A run killed at any point and resumed from its ``last.pt`` ends
+rank)``: :mod:`fuxi_linear.training.random_streams`). A run killed at any point and resumed from its ``last.pt`` ends
 bit for bit where the uninterrupted run ends (same machine, same number of processes and threads).
 
-Under ``torchrun`` (``fuxi_linear.distributed``) every process trains on its share of each global batch through
+Under ``torchrun`` (``fuxi_linear.training.distributed``) every process trains on its share of each global batch through
 ``DistributedDataParallel``; rank 0 alone logs and writes files; evaluation is sharded over the ranks. One step
 equals a single-process step on the whole global batch: the loss is normalised by the global number of predicted
-positions and the sampled negatives are a function of the example (``fuxi_linear.objective``).
+positions and the sampled negatives are a function of the example (``fuxi_linear.training.objective``).
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class EpochPosition:
     """Where a run stands inside epoch ``epoch`` (0-based): the first ``batches_done`` of its ``num_batches``
     global batches are done. The running sums (the step losses, the input events and training histories over
     all ranks, the training seconds) continue the epoch's throughput and mean loss after a resume. Stored in a
-    mid-epoch checkpoint as a dict (:mod:`fuxi_linear.checkpoint`)."""
+    mid-epoch checkpoint as a dict (:mod:`fuxi_linear.training.checkpoint`)."""
 
     epoch: int
     batches_done: int = 0
@@ -393,6 +393,6 @@ def evaluate_checkpoint(path: str, overrides: Optional[Dict[str, Any]] = None,
 
 
 __all__ = ["train", "evaluate", "evaluate_checkpoint", "load_log", "seed_everything", "last_user_vectors",
-           # defined in fuxi_linear.training_config / .checkpoint / .registry, importable from here as before
+           # defined in fuxi_linear.training.train_config / .checkpoint / .registry, importable from here as before
            "TrainConfig", "PRESETS", "MODEL_NAMES", "CHECKPOINT_FORMAT", "model_kwargs", "load_checkpoint",
            "model_from_checkpoint", "resolve_device"]

@@ -1,6 +1,6 @@
 """The base classes of the baselines: :class:`SequentialRecommenderBase` gives every baseline exactly the public
 interface of :class:`fuxi_linear.FuXiLinear` (``encode``, ``prefill``, ``step``, ``loss``, ``score``,
-``item_vectors``) on top of the shared input layer, loss and scoring of :mod:`fuxi_linear.retrieval`; a
+``item_vectors``) on top of the shared input layer, loss and scoring of :mod:`fuxi_linear.embedding_scoring_loss`; a
 subclass only supplies the blocks (``_forward`` over padded histories, ``_step`` for one new event per user).
 :class:`PointwiseAttentionRecommender` is the common stack of HSTU and FuXi-alpha.
 """
@@ -255,7 +255,7 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
         The first step compiles (seconds to tens of seconds on a small CPU); a compile failure warns once and
         the steps run eagerly (``compiled_step.active`` turns False, ``compiled_step.failure`` says why).
         ``enabled=False`` switches back to eager steps; ``options``: inductor options (on top of
-        :data:`~fuxi_linear.baselines.compiled_step.DEFAULT_OPTIONS`).
+        :data:`~fuxi_linear.models.baselines.compiled_step.DEFAULT_OPTIONS`).
 
         The step attends over the filled slots only (a size that changes at every step, symbolic in the graph)
         rather than over the whole preallocated capacity with a length mask (fixed sizes): at the bench's
@@ -268,8 +268,8 @@ class SequentialRecommenderBase(SequentialRetrievalMixin, nn.Module):
 
     @property
     def compiled_step(self) -> Optional[CompiledKVStep]:
-        """The :class:`~fuxi_linear.baselines.compiled_step.CompiledKVStep` after :meth:`compile_step`, None while
-        steps run eagerly."""
+        """The :class:`~fuxi_linear.models.baselines.compiled_step.CompiledKVStep` after :meth:`compile_step`, None
+        while steps run eagerly."""
         return self._compiled_step
 
     @staticmethod

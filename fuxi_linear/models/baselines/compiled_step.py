@@ -2,9 +2,9 @@
 
 A CPU decode step of a few users is mostly per-operation overhead (the embedding, every block's projections,
 layer norms, the cache writes, the masked attention over M cached slots, the FFN): eagerly some tens to a
-hundred ATen calls. :meth:`fuxi_linear.baselines.SequentialRecommenderBase.compile_step` runs
-:meth:`~fuxi_linear.baselines.SequentialRecommenderBase.decode_step` as one inductor graph instead, for the
-same reason and in the same way as FuXi-Linear's :mod:`fuxi_linear.compiled_step`, so that a benchmark can
+hundred ATen calls. :meth:`fuxi_linear.models.baselines.SequentialRecommenderBase.compile_step` runs
+:meth:`~fuxi_linear.models.baselines.SequentialRecommenderBase.decode_step` as one inductor graph instead, for the
+same reason and in the same way as FuXi-Linear's :mod:`fuxi_linear.decoding.compiled_step`, so that a benchmark can
 time every model in one regime.
 
 One graph serves every history length: the attended slots M, the cache's capacity C and the batch N are
@@ -35,7 +35,7 @@ class CompiledKVStep:
 
     Compiled lazily at the first call as one graph (``fullgraph``: a graph break would bring the overhead
     back). If creating or compiling the graph fails with one of
-    :func:`fuxi_linear.compiled_step.compile_failures`, the call runs eagerly; if that succeeds the failure was
+    :func:`fuxi_linear.decoding.compiled_step.compile_failures`, the call runs eagerly; if that succeeds the failure was
     the compiler's: one ``RuntimeWarning`` says so and every later call runs eagerly (:attr:`failure` holds the
     reason, :attr:`active` turns False). If the eager call fails too, its error is raised and compiling stays
     on.

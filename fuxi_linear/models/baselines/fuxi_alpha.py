@@ -14,7 +14,7 @@ Per block, with ``x: (B, T, D)``:
 The bias maps weight the values directly (no SiLU, no 1/N): their scale is learned and the LayerNorm that
 follows removes it anyway. Channel order and per-channel LayerNorm mirror the FuXi-Linear block (SPEC §5),
 so the two models differ only in how each channel mixes the past. Time convention and N: as
-:mod:`fuxi_linear.baselines.hstu` (query i uses the next event's time; N = max_seq_len by default).
+:mod:`fuxi_linear.models.baselines.hstu` (query i uses the next event's time; N = max_seq_len by default).
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class FuXiAlphaBlock(nn.Module):
 
 class FuXiAlpha(PointwiseAttentionRecommender):
     """FuXi-α with FuXi-Linear's input layer, loss, scoring and serving interface (see
-    :class:`fuxi_linear.baselines.base.SequentialRecommenderBase`)."""
+    :class:`fuxi_linear.models.baselines.base.SequentialRecommenderBase`)."""
 
     config_class = FuXiAlphaConfig
     block_class = FuXiAlphaBlock

@@ -106,7 +106,7 @@ class HSTUBlock(nn.Module):
 
 class HSTU(PointwiseAttentionRecommender):
     """HSTU with FuXi-Linear's input layer, loss, scoring and serving interface (see
-    :class:`fuxi_linear.baselines.base.SequentialRecommenderBase`). The user vector is the last block's
+    :class:`fuxi_linear.models.baselines.base.SequentialRecommenderBase`). The user vector is the last block's
     output, L2-normalised (no final norm, as HSTU)."""
 
     config_class = HSTUConfig

@@ -2,7 +2,7 @@
 normaliser.
 
 For a query at position i (query time ``qt_i`` = the next event's time, see
-:func:`fuxi_linear.baselines.time_buckets.query_times`) and a key at position j <= i with time ``t_j``:
+:func:`fuxi_linear.models.baselines.time_buckets.query_times`) and a key at position j <= i with time ``t_j``:
 
     pos_bias[i, j]  = w_pos[min(i - j, P - 1)]                 (P = rows of the table = max positions)
     time_bias[i, j] = w_time[time_bucket(qt_i - t_j)]          (bucket in [0, max_bucket])

@@ -83,7 +83,7 @@ class SASRecBlock(nn.Module):
 
 class SASRec(SequentialRecommenderBase):
     """SASRec with FuXi-Linear's input layer, loss, scoring and serving interface (see
-    :class:`fuxi_linear.baselines.base.SequentialRecommenderBase`)."""
+    :class:`fuxi_linear.models.baselines.base.SequentialRecommenderBase`)."""
 
     uses_time = False
 
