@@ -1,4 +1,4 @@
-"""The public layers' contract (README "Layers"), for each layer on the reference (CPU) path and the Triton
+"""The public layers' contract (docs/layers.md), for each layer on the reference (CPU) path and the Triton
 kernels (interpreted on a CPU): a forward equals a prefill plus O(1) steps, ragged rows equal their rows alone,
 gradients reach every parameter and agree with finite differences, ``torch.compile`` and bf16 autocast work,
 states move like the model's, bad input gets an error that names the argument. And FuXiLinear is these layers."""
