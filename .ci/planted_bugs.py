@@ -139,7 +139,7 @@ BUGS: List[Bug] = [
         "theta = torch.remainder(times[:, [1, 1]].unsqueeze(-1), c.periods) * c.omega",
         (TESTS + "test_decode.py::test_step_features_are_the_forward_features_bit_for_bit[seconds]",),
         "decode step: the temporal query's phase at the event's time instead of the request time"),
-    Bug("compiled-step-falls-back-silently", "fuxi_linear/compiled_step.py",
+    Bug("compiled-step-falls-back-silently", "fuxi_linear/decoding/compiled_step.py",
         "return torch.compile(fn, fullgraph=True, options=options or None)",
         'return torch.compile(fn, fullgraph=True, options={**(options or {}), "no_such_inductor_option": 1})',
         (TESTS + "test_compiled_step.py::test_compiled_step_equals_eager_and_a_longer_prefill",),

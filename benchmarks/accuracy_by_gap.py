@@ -16,10 +16,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from fuxi_linear.checkpoint import load_checkpoint, model_from_checkpoint
+from fuxi_linear.training.checkpoint import load_checkpoint, model_from_checkpoint
 from fuxi_linear.data import leave_one_out
 from fuxi_linear.training import evaluate, load_log
-from fuxi_linear.training_config import TrainConfig
+from fuxi_linear.training.train_config import TrainConfig
 
 #: (label, lower bound in seconds, upper bound in seconds) of the gap before the target.
 GAP_BUCKETS: Tuple[Tuple[str, float, float], ...] = (

@@ -1,8 +1,8 @@
 """Command line: ``fuxi-linear train | eval | bench | demo`` (also ``python -m fuxi_linear ...``).
 
 Every flag of the package is declared here, one ``_add_*_arguments`` per subcommand; each subcommand turns its
-flags into the settings object of the module that does the work (:class:`fuxi_linear.training_config.TrainConfig`,
-:class:`fuxi_linear.bench.BenchSettings`, :class:`fuxi_linear.bench.DemoSettings`) and calls it. A
+flags into the settings object of the module that does the work (:class:`fuxi_linear.training.train_config.TrainConfig`,
+:class:`fuxi_linear.bench.BenchSettings`, :class:`fuxi_linear.end_to_end_demo.DemoSettings`) and calls it. A
 ``ValueError``/``TypeError`` (a bad flag value) is printed as ``fuxi-linear CMD: error: ...`` with exit code 2.
 """
 from __future__ import annotations
@@ -11,13 +11,13 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from .acceleration import PRECISIONS
-from .bench.demo import DemoSettings
+from .training.precision_and_compile import PRECISIONS
+from .end_to_end_demo import DemoSettings
 from .bench.settings import (BENCH_MODELS, COMPILE_CHOICES, CPU_DEFAULTS, CPU_SEQ_LENS, GPU_DECODE_USERS,
                              GPU_DEFAULTS, GPU_SEQ_LENS, BenchSettings, parse_models, parse_seq_lens)
 from .data import DATASET_NAMES
-from .registry import MODEL_NAMES
-from .training_config import EXCLUDE_HISTORY_MODES, PRESETS, TrainConfig
+from .models.registry import MODEL_NAMES
+from .training.train_config import EXCLUDE_HISTORY_MODES, PRESETS, TrainConfig
 from .utils import atomic_write_json, check_int
 
 
@@ -251,8 +251,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> Dict[str, Any]:
-    """``fuxi-linear demo``: train, evaluate and benchmark (:func:`fuxi_linear.bench.run_demo`)."""
-    from .bench.demo import run_demo
+    """``fuxi-linear demo``: train, evaluate and benchmark (:func:`fuxi_linear.end_to_end_demo.run_demo`)."""
+    from .end_to_end_demo import run_demo
 
     if args.threads is not None:
         check_int("--threads", args.threads)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import FuXiLinearConfig
-from .decode_state import DecodeState
+from .decoding.decode_state import DecodeState
 from .history_inputs import check_history, check_step_events
 from .ops.value_checks import ValueChecks, add_distinct_rows_check, resolve_value_check_mode
 from .layers.block import FuXiLinearBlock
@@ -18,9 +18,9 @@ from .layers.temporal_encoding import TemporalEncoding, temporal_periods
 from .layers.temporal_step import temporal_step_constants
 from .ops.channel_prefill import uses_cpu_path
 from .ops.dtypes import cast
-from .retrieval import SequentialRetrievalMixin, l2_normalize
-from .step_graph import ModelStepOperands, decode_step
-from .compiled_step import CompiledDecodeStep
+from .embedding_scoring_loss import SequentialRetrievalMixin, l2_normalize
+from .decoding.decode_step import ModelStepOperands, decode_step
+from .decoding.compiled_step import CompiledDecodeStep
 
 
 _STATE_FLOATS = (torch.float32, torch.float64)
@@ -309,7 +309,7 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
 
     def step_operands(self) -> ModelStepOperands:
         """The operands of a decode step besides the events and the states
-        (:class:`~fuxi_linear.step_graph.ModelStepOperands`): the embeddings, the temporal constants and every
+        (:class:`~fuxi_linear.decoding.decode_step.ModelStepOperands`): the embeddings, the temporal constants and every
         block's step weights, cached together (one check of the parameters per step) and rebuilt only when
         one of the parameters they derive from changes."""
         return self._step_cache.get(self._step_sources, self._build_step_operands)
@@ -330,24 +330,24 @@ class FuXiLinear(SequentialRetrievalMixin, nn.Module):
 
     def compile_step(self, enabled: bool = True, options: Optional[dict] = None) -> "FuXiLinear":
         """Run :meth:`step` on CPU states through ``torch.compile``: the whole step
-        (:func:`~fuxi_linear.step_graph.decode_step`) as one graph of inductor's C++ code, about half the time
+        (:func:`~fuxi_linear.decoding.decode_step.decode_step`) as one graph of inductor's C++ code, about half the time
         of the eager step at the CPU bench defaults (a step of a few users is bound by per-operation
         overhead); returns ``self``.
 
         The first step compiles, which takes tens of seconds on a small CPU (inductor keeps the result in its
         on-disk cache for later processes); one graph then serves every batch size above 1, with or without
         ``state_indices``; a new dtype, a batch of one, a second pool size or another thread count compile
-        once more (:class:`~fuxi_linear.compiled_step.CompiledDecodeStep`). If compiling fails
+        once more (:class:`~fuxi_linear.decoding.compiled_step.CompiledDecodeStep`). If compiling fails
         (no C++ compiler, an unsupported platform) the step warns once and runs eagerly. Steps on CUDA states
         are not affected (they run the fused Triton kernel; :class:`fuxi_linear.serving.Decoder` replays
         them from CUDA graphs). ``enabled=False`` switches back to eager steps; ``options``: inductor options
-        for ``torch.compile`` (on top of :data:`~fuxi_linear.compiled_step.DEFAULT_OPTIONS`).
+        for ``torch.compile`` (on top of :data:`~fuxi_linear.decoding.compiled_step.DEFAULT_OPTIONS`).
         """
         self._compiled_step = CompiledDecodeStep(options) if enabled else None
         return self
 
     @property
     def compiled_step(self) -> Optional[CompiledDecodeStep]:
-        """The :class:`~fuxi_linear.compiled_step.CompiledDecodeStep` after :meth:`compile_step` (its ``active``
-        and ``failure`` say whether steps still run compiled), None while steps run eagerly."""
+        """The :class:`~fuxi_linear.decoding.compiled_step.CompiledDecodeStep` after :meth:`compile_step` (its
+        ``active`` and ``failure`` say whether steps still run compiled), None while steps run eagerly."""
         return self._compiled_step

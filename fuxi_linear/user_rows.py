@@ -1,5 +1,5 @@
-"""Per-user serving containers (FuXi-Linear's :class:`~fuxi_linear.decode_state.DecodeState`, the baselines'
-:class:`~fuxi_linear.baselines.kv_cache.KVCache`): dataclasses of tensors that each hold one row per user along
+"""Per-user serving containers (FuXi-Linear's :class:`~fuxi_linear.decoding.decode_state.DecodeState`, the baselines'
+:class:`~fuxi_linear.models.baselines.kv_cache.KVCache`): dataclasses of tensors that each hold one row per user along
 a known axis. :class:`UserRows` gives them one implementation of moving users around: ``to``, ``clone``,
 ``select`` (a subset, in a given order), ``cat`` (several containers' users), byte counts.
 """

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from fuxi_linear import FuXiLinear
-from fuxi_linear.baselines import (MODEL_NAMES, FuXiAlpha, HSTU, KVCache, SASRec, build_model,
-                                   next_item_targets, query_times, sampled_softmax_loss, time_bucket)
+from fuxi_linear.models import MODEL_NAMES, build_model
+from fuxi_linear.models.baselines import (FuXiAlpha, HSTU, KVCache, SASRec, next_item_targets, query_times,
+                                          sampled_softmax_loss, time_bucket)
 from model_helpers import random_histories
 
 BASELINES = ["sasrec", "hstu", "fuxi-alpha"]
@@ -250,7 +251,7 @@ def test_config_rejects(kwargs, exc, match):
 
 
 def test_models_reject_the_wrong_config():
-    from fuxi_linear.baselines import HSTUConfig
+    from fuxi_linear.models.baselines import HSTUConfig
     with pytest.raises(TypeError, match="config must be a SASRecConfig"):
         SASRec(HSTUConfig(num_items=5))
 

@@ -544,17 +544,3 @@ def test_the_pytest_benchmark_suites_run_once_as_tests():
     # (prefill, decode) x 2 lengths
     assert "31 passed" in proc.stdout, tail
 
-
-# ---------------------------------------------------------------------------------------------- old paths
-@pytest.mark.parametrize("old, new, names", [
-    ("fuxi_linear.benchmarking", "fuxi_linear.bench", ["run_benchmark", "BenchSettings", "HostSyncCounter"]),
-    ("fuxi_linear.demo", "fuxi_linear.bench.demo", ["run_demo", "DemoSettings", "read_table"]),
-])
-def test_old_module_paths_warn_and_give_the_same_objects(old, new, names, monkeypatch):
-    import importlib
-
-    monkeypatch.delitem(sys.modules, old, raising=False)  # imported afresh, so its warning is raised here
-    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: import from {new}"):
-        module = importlib.import_module(old)
-    current = importlib.import_module(new)
-    assert all(getattr(module, n) is getattr(current, n) for n in names)

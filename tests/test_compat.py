@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fuxi_linear import FuXiLinear
-from fuxi_linear.compat import config_from_official_state_dict, from_official_state_dict
+from fuxi_linear.models.released_checkpoint import config_from_official_state_dict, from_official_state_dict
 from spec_oracle import encode_one_user, random_official_state_dict
 
 

@@ -15,7 +15,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-import fuxi_linear.compiled_step as compiled_step
+import fuxi_linear.decoding.compiled_step as compiled_step
 from error_bounds import check_errors
 from fuxi_linear.serving import Decoder
 from model_helpers import random_histories, tiny_model

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-import fuxi_linear.bench.demo as demo
+import fuxi_linear.end_to_end_demo as demo
 from bench_stubs import StubClock, stub_calls
-from fuxi_linear.bench.demo import DemoSettings, _bench_settings, read_table
+from fuxi_linear.end_to_end_demo import DemoSettings, _bench_settings, read_table
 from fuxi_linear.cli import main
 
 MODELS = ("fuxi-linear", "hstu", "fuxi-alpha", "sasrec")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fuxi_linear.baselines import build_model
-from fuxi_linear.checkpoint import check_resume_scale
+from fuxi_linear.models import build_model
+from fuxi_linear.training.checkpoint import check_resume_scale
 from fuxi_linear.data import leave_one_out, make_synthetic_log
-from fuxi_linear.distributed import combine_metrics, global_batches, rank_share, shard_range
+from fuxi_linear.training.distributed import combine_metrics, global_batches, rank_share, shard_range
 from fuxi_linear.evaluation import ranking_metrics
-from fuxi_linear.objective import SampledSoftmaxObjective, example_keys, hashed_negatives
+from fuxi_linear.training.objective import SampledSoftmaxObjective, example_keys, hashed_negatives
 from distributed_entry import threads_at_exit
 from fuxi_linear.training import TrainConfig, evaluate_checkpoint, train
 

@@ -11,8 +11,8 @@ import warnings
 import pytest
 import torch
 
-import fuxi_linear.baselines.compiled_step as kv_compiled_step
-from fuxi_linear.baselines import build_model
+import fuxi_linear.models.baselines.compiled_step as kv_compiled_step
+from fuxi_linear.models import build_model
 
 BASELINES = ["sasrec", "hstu", "fuxi-alpha"]
 # (prefill length, capacity): two caches of different capacities, so the capacity is symbolic too

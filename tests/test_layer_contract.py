@@ -1,4 +1,4 @@
-"""The public layers' contract (README "Layers"), for each layer on the reference (CPU) path and the Triton
+"""The public layers' contract (docs/layers.md), for each layer on the reference (CPU) path and the Triton
 kernels (interpreted on a CPU): a forward equals a prefill plus O(1) steps, ragged rows equal their rows alone,
 gradients reach every parameter and agree with finite differences, ``torch.compile`` and bf16 autocast work,
 states move like the model's, bad input gets an error that names the argument. And FuXiLinear is these layers."""
@@ -10,7 +10,7 @@ from fuxi_linear.layers import (FuXiLinearBlock, FuXiLinearBlockState, LinearPos
                                 Retention, RetentionState, TemporalRetention, TemporalRetentionState)
 from fuxi_linear.ops import triton_available
 from fuxi_linear.ops import triton_launchers as launchers
-from fuxi_linear.retrieval import l2_normalize
+from fuxi_linear.embedding_scoring_loss import l2_normalize
 
 F64 = torch.float64
 D = 16

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fuxi_linear.compat import _BLOCK_NAMES
+from fuxi_linear.models.released_checkpoint import _BLOCK_NAMES
 from fuxi_linear.layers import (
     FuXiLinearBlock,
     LinearPositional,

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fuxi_linear.cli import _add_train_arguments, config_from_args
-from fuxi_linear.compat import released_names
+from fuxi_linear.models.released_checkpoint import released_names
 from fuxi_linear.evaluation import evaluate_full_ranking
-from fuxi_linear.registry import build_model
-from fuxi_linear.training_config import PRESETS, TrainConfig, model_kwargs
+from fuxi_linear.models.registry import build_model
+from fuxi_linear.training.train_config import PRESETS, TrainConfig, model_kwargs
 
 #: Parameters without the item table, counted from the authors' released configuration files (SPEC §10).
 RELEASED_COUNTS = {"kuairand": 1_197_600, "kuairec": 1_197_600, "ml-20m": 7_448_144}

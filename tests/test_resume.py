@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuxi_linear.checkpoint import (CHECKPOINT_FORMAT, check_resume_scale, load_checkpoint,
+from fuxi_linear.training.checkpoint import (CHECKPOINT_FORMAT, check_resume_scale, load_checkpoint,
                                     remove_stale_temporaries, save_checkpoint)
 from fuxi_linear.fault_injection import CRASH_ENV
-from fuxi_linear.random_streams import seed_step, step_seed
+from fuxi_linear.training.random_streams import seed_step, step_seed
 from distributed_entry import threads_at_exit
 from fuxi_linear.training import TrainConfig, train
 

@@ -13,9 +13,9 @@ import torch
 
 from fuxi_linear import DecodeState
 from fuxi_linear.fault_injection import CRASH_ENV
-from fuxi_linear.fingerprint import model_fingerprint
+from fuxi_linear.decoding.fingerprint import model_fingerprint
 from fuxi_linear.serving import Decoder
-from fuxi_linear.serving_snapshot import current_snapshot
+from fuxi_linear.serving.snapshots import current_snapshot
 from model_helpers import tiny_model
 from test_serving import Histories, _admit, _step
 

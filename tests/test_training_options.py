@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from fuxi_linear import acceleration
-from fuxi_linear.baselines import build_model
+from fuxi_linear.training import precision_and_compile
+from fuxi_linear.models import build_model
 from fuxi_linear.cli import main
 from fuxi_linear.data import leave_one_out, make_synthetic_log
-from fuxi_linear.objective import SampledSoftmaxObjective, example_keys
+from fuxi_linear.training.objective import SampledSoftmaxObjective, example_keys
 from fuxi_linear.ops import chunk_decay_attention
-from fuxi_linear.schedule import should_stop_early, warmup_lr
+from fuxi_linear.training.warmup_and_early_stopping import should_stop_early, warmup_lr
 from fuxi_linear.training import TrainConfig, load_checkpoint, seed_everything, train
 
 SMALL = dict(dataset="synthetic", synthetic_users=60, synthetic_items=80, synthetic_mean_events=40, max_seq_len=30,
@@ -69,7 +69,7 @@ def test_bf16_objective_on_the_kernels_matches_the_cpu_path():
 
 
 def test_bf16_unavailable_fails_before_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(acceleration, "_bf16_autocast_works", lambda device: False)
+    monkeypatch.setattr(precision_and_compile, "_bf16_autocast_works", lambda device: False)
     out = tmp_path / "never"
     assert main(["train", "--precision", "bf16", "--output", str(out), "--no-progress"]) == 2
     assert "--precision bf16" in capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_bad_compile_backends_fail_before_training(tmp_path, capsys):
 
     torch._dynamo.register_backend(broken, name="broken_for_test")
     with pytest.raises(ValueError, match="--compile-backend broken_for_test cannot compile on cpu here"):
-        acceleration.check_compile_backend("broken_for_test", torch.device("cpu"))
+        precision_and_compile.check_compile_backend("broken_for_test", torch.device("cpu"))
     assert not out.exists()
 
 

@@ -27,20 +27,20 @@ suites and the GPU suite reuse :func:`make_inputs`, :func:`build_bench_models`, 
 Modules: ``settings`` (what to measure, defaults, checks), ``machine`` (device and library versions, load,
 datasheet bandwidths), ``inputs`` (the random histories, the models, the timed calls), ``compile`` (the
 compiled regime), ``sizes`` (decode memory and bytes per step), ``timing`` (timed calls, round-robin, the
-spread of repeats), ``run`` (one function per measured stage), ``report`` (tables, warning, JSON), ``plot``
-(Figure 2), ``host_syncs`` (host synchronisations and launches of a block of code) and ``demo``
-(``fuxi-linear demo``).
+spread of repeats), ``run`` (one function per measured stage), ``result`` (what a run produces), ``report``
+(tables, warning, JSON), ``plot`` (Figure 2) and ``host_syncs`` (host synchronisations and launches of a block of
+code). ``fuxi-linear demo``, which also trains and evaluates, is :mod:`fuxi_linear.end_to_end_demo`.
 """
 from __future__ import annotations
 
-from .demo import DemoSettings, read_table, run_demo
 from .host_syncs import HOST_SYNC_OPS, HostSyncCounter, count_cuda_kernel_launches
 from .inputs import BenchInputs, build_bench_models, decode_call, make_inputs, model_kwargs, prefill_call
 from .compile import CompiledPrefill
 from .machine import PEAK_BANDWIDTH_GBS, load_snapshot, machine_info, machine_line, nominal_peak_gbs
 from .plot import plot_results, require_matplotlib
 from .report import format_bytes, format_report, noise_warning, speedups, write_json
-from .run import BenchResult, decode_stage, prefill_stage, run_bench, run_benchmark, throughput_stage
+from .result import BenchResult
+from .run import decode_stage, prefill_stage, run_bench, run_benchmark, throughput_stage
 from .settings import (BASELINES, BENCH_MODELS, BENCH_NUM_ITEMS, COMPILE_CHOICES, CPU_DEFAULTS, CPU_MODEL,
                        CPU_SEQ_LENS, DTYPES, GPU_DECODE_USERS, GPU_DEFAULTS, GPU_SEQ_LENS, PAPER_MODEL, STAGES, THROUGHPUT_POSITION,
                        BenchError, BenchSettings, half_precision_supported, parse_models, parse_seq_lens,
@@ -60,5 +60,5 @@ __all__ = [
     "time_call", "time_interleaved", "is_out_of_memory", "spread", "BenchResult", "run_benchmark", "run_bench",
     "prefill_stage", "decode_stage", "throughput_stage", "format_report", "noise_warning", "format_bytes", "speedups",
     "write_json", "plot_results", "require_matplotlib",
-    "HostSyncCounter", "HOST_SYNC_OPS", "count_cuda_kernel_launches", "DemoSettings", "run_demo", "read_table",
+    "HostSyncCounter", "HOST_SYNC_OPS", "count_cuda_kernel_launches",
 ]

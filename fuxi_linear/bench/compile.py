@@ -1,7 +1,7 @@
 """The compiled regime of the benchmark: every model's prefill and decode through ``torch.compile``.
 
 * decode: each model's own ``compile_step()`` (:meth:`fuxi_linear.FuXiLinear.compile_step`,
-  :meth:`fuxi_linear.baselines.SequentialRecommenderBase.compile_step`): one inductor graph per model for every
+  :meth:`fuxi_linear.models.baselines.SequentialRecommenderBase.compile_step`): one inductor graph per model for every
   history length;
 * prefill: ``torch.compile(model.prefill)`` (:class:`CompiledPrefill`), one graph per length (its input
   checks read values on the host, so they stay eager, before the graph).
@@ -22,14 +22,14 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
-from ..compiled_step import compile_failures
+from ..decoding.compiled_step import compile_failures
 
 #: Graphs dynamo may compile per function before it refuses (each benchmarked length compiles a prefill graph).
 RECOMPILE_LIMIT = 64
 
 
 def failure_types() -> Tuple[type, ...]:
-    """Exceptions that mean "compiling failed" (not a bad input): :func:`fuxi_linear.compiled_step.
+    """Exceptions that mean "compiling failed" (not a bad input): :func:`fuxi_linear.decoding.compiled_step.
     compile_failures` and dynamo's recompile-limit error."""
     extra: tuple = ()
     try:

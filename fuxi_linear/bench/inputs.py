@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..registry import build_model
+from ..models.registry import build_model
 from .settings import BENCH_NUM_ITEMS, BenchSettings, model_kwargs
 
 #: First timestamp (seconds) and mean gap of the synthetic histories.

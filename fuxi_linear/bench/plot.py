@@ -4,12 +4,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .result import BenchResult
 from .settings import STAGES, BenchError
-
-if TYPE_CHECKING:
-    from .run import BenchResult
 
 
 def require_matplotlib():

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..utils import atomic_write_json
 from .machine import load_text, machine_line
+from .result import BenchResult
 from .settings import PAPER_FFN_MULTIPLY, STAGES
 from .timing import MIN_REPEATS_FOR_SPREAD, NOISY_IQR_OVER_MEDIAN, NOISY_MEDIAN_OVER_MIN
 
@@ -17,9 +18,6 @@ from .timing import MIN_REPEATS_FOR_SPREAD, NOISY_IQR_OVER_MEDIAN, NOISY_MEDIAN_
 NOISY_MARK = "*"
 #: Appended to a time whose spread was not judged (fewer than MIN_REPEATS_FOR_SPREAD timed calls).
 UNJUDGED_MARK = "?"
-
-if TYPE_CHECKING:
-    from .run import BenchResult
 
 
 def _fmt_ms(ms: Optional[float]) -> str:

@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..registry import BASELINE_NAMES, MODEL_NAMES, model_config
-from ..training_config import PRESETS
+from ..models.registry import BASELINE_NAMES, MODEL_NAMES, model_config
+from ..training.train_config import PRESETS
 from ..utils import check_int, resolve_device
 from .timing import timed_rounds
 

@@ -73,7 +73,7 @@ def block_step(
     (:func:`fuxi_linear.ops.fused_block_step`'s checks; off: the caller guarantees them).
 
     Every size comes from the operands' shapes and nothing is cached or checked here, so that
-    ``torch.compile`` traces it without a graph break (:mod:`fuxi_linear.step_graph`).
+    ``torch.compile`` traces it without a graph break (:mod:`fuxi_linear.decoding.decode_step`).
     """
     N, D = x.shape
     H = w.g_gamma.shape[0]
