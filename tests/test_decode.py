@@ -380,8 +380,8 @@ def _step_calls(num_blocks, use_temporal, pool):
 
 # ATen calls of the eager CPU step (torch 2.13, float32; views count): per block, per step around the blocks, and
 # the gather/scatter of a pool's rows (once per step, not per block or channel). Before the few-call CPU path these
-# were 61 / 37 / 8 + 7 per block; an edit that adds calls per block (a per-channel cast, a gather per channel)
-# fails here -- raise a bound only for a reason that is worth the microseconds on a CPU.
+# were 61 / 37 (temporal on), 55 / 8 (off) and 9 + 7 per block; an edit that adds calls per block (a per-channel
+# cast, a gather per channel) fails here -- raise a bound only for a reason worth its microseconds on a CPU.
 STEP_CALLS_PER_BLOCK = {True: 47, False: 42}
 STEP_CALLS_AROUND_BLOCKS = {True: 41, False: 8}
 POOL_CALLS = 15
