@@ -318,3 +318,81 @@ def test_float64_ablation_prefill_admits_into_the_model_pool():
     decoder.admit(["a", "b"], ids, ts, lengths, query)
     assert decoder.step(["a"], torch.tensor([9]), torch.tensor([1_700_000_700]),
                         torch.tensor([1_700_000_800])).dtype == torch.float64
+
+
+# ------------------------------------------------------------------------ the CPU step in few PyTorch calls
+@pytest.mark.parametrize("use_temporal", [True, False])
+@pytest.mark.parametrize("pool", [False, True])
+def test_cpu_block_step_equals_the_fused_operator(use_temporal, pool):
+    """``block_step`` unvalidated on the CPU (:func:`block_step_cpu`: every channel's operands laid out once, a
+    few in-place calls) against the same block through the fused channel operator's CPU path (validated, which
+    takes that route): outputs and every advanced state in float64."""
+    from fuxi_linear.layers.block_step import block_step
+
+    model = tiny_model(dtype=torch.float64, backend="cpu", use_temporal=use_temporal)
+    ids, ts, lengths, ts_ext = _history(model, [5, 7, 6, 4])
+    rows = torch.arange(4)
+    with torch.no_grad():
+        _, state = model.prefill(ids, ts, lengths, ts_ext[rows, lengths])
+        operands = model.step_operands()
+        N = 2 if pool else 4
+        chosen = torch.tensor([3, 1]) if pool else None
+        users = chosen if pool else rows
+        new_ts, query_ts = ts_ext[users, lengths[users]], ts_ext[users, lengths[users]] + 7
+        feats = None if operands.temporal is None else temporal_step_features(
+            operands.temporal, state.last_timestamp[users], new_ts, query_ts, torch.float64)
+        x = torch.randn(N, model.config.embedding_dim, dtype=torch.float64)
+        positions = state.position[users]
+        errors = {}
+        for b, weights in enumerate(operands.blocks):
+            few, fused = state.clone(), state.clone()
+            y_few = block_step(x, weights, feats, positions, (few.retention[b], few.temporal[b], few.positional[b]),
+                               chosen, "cpu", validate=False)
+            y_fused = block_step(x, weights, feats, positions,
+                                 (fused.retention[b], fused.temporal[b], fused.positional[b]), chosen, "cpu",
+                                 validate=True)
+            errors[f"block{b}_output"] = rel(y_few, y_fused)
+            for name, a, c in zip(("retention", "temporal", "positional"), few.tensors(), fused.tensors()):
+                errors[f"block{b}_{name}"] = rel(a, c)
+                if chosen is not None:  # rows not stepped stay bit for bit
+                    others = torch.tensor([r for r in range(4) if r not in chosen.tolist()])
+                    assert torch.equal(a.index_select(1, others), state.tensors()[["retention", "temporal",
+                                       "positional"].index(name)].index_select(1, others))
+    # measured 0 to 1.2e-16 (float64; the two paths sum q S in the same order, so mostly bit for bit)
+    print("MAXERR", max(errors.values()))
+    assert max(errors.values()) < 1e-14, errors
+
+
+def _step_calls(num_blocks, use_temporal, pool):
+    """ATen calls of one eager CPU ``model.step(validate=False)`` of 3 users (or 2 rows of a pool of 3)."""
+    from step_cost import step_cost
+
+    model = tiny_model(dtype=torch.float32, backend="cpu", num_blocks=num_blocks, use_temporal=use_temporal)
+    ids, ts, lengths, ts_ext = _history(model, [5, 7, 6])
+    users = torch.tensor([2, 0]) if pool else torch.arange(3)
+    events = (ids[users, 0], ts_ext[users, lengths[users]], ts_ext[users, lengths[users]] + 5)
+    with torch.inference_mode():
+        _, state = model.prefill(ids, ts, lengths, ts_ext[torch.arange(3), lengths])
+        kwargs = {"state_indices": users} if pool else {}
+        model.step(state, *events, validate=False, **kwargs)  # builds the cached step weights
+        return step_cost(lambda: model.step(state, *events, validate=False, **kwargs))["ops"]
+
+
+# ATen calls of the eager CPU step (torch 2.13, float32; views count): per block, per step around the blocks, and
+# the gather/scatter of a pool's rows (once per step, not per block or channel). Before the few-call CPU path these
+# were 61 / 37 (temporal on), 55 / 8 (off) and 9 + 7 per block; an edit that adds calls per block (a per-channel
+# cast, a gather per channel) fails here -- raise a bound only for a reason worth its microseconds on a CPU.
+STEP_CALLS_PER_BLOCK = {True: 47, False: 42}
+STEP_CALLS_AROUND_BLOCKS = {True: 41, False: 8}
+POOL_CALLS = 15
+
+
+@pytest.mark.parametrize("use_temporal", [True, False])
+def test_eager_cpu_step_is_a_few_calls_per_block(use_temporal):
+    one, two, three = (_step_calls(L, use_temporal, pool=False) for L in (1, 2, 3))
+    per_block = two - one
+    assert three - two == per_block  # linear in the blocks, nothing else grows
+    assert per_block <= STEP_CALLS_PER_BLOCK[use_temporal], per_block
+    assert one - per_block <= STEP_CALLS_AROUND_BLOCKS[use_temporal], one - per_block
+    pooled = [_step_calls(L, use_temporal, pool=True) for L in (1, 3)]
+    assert pooled[0] - one == pooled[1] - three <= POOL_CALLS  # a pool's rows: gathered and written back once

@@ -15,9 +15,10 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..layers.block import StepWeights, block_step
-from ..layers.temporal_step import TemporalStepConstants, temporal_step_features
 from ..embedding_scoring_loss import l2_normalize
+from ..layers.block_step import StepWeights, block_step, block_step_cpu
+from ..layers.temporal_step import TemporalStepConstants, temporal_cpu_operands, temporal_step_features
+from ..ops.backends import resolve_backend
 
 __all__ = ["ModelStepOperands", "decode_step"]
 
@@ -28,7 +29,7 @@ class ModelStepOperands(NamedTuple):
     ``item_table (num_items + 1, D)`` and ``position_table (Nabs, D)``: the input layer's embeddings;
     ``temporal``: the temporal encoding's :class:`~fuxi_linear.layers.temporal_step.TemporalStepConstants` (None:
     the temporal channel is switched off); ``blocks``: each block's
-    :class:`~fuxi_linear.layers.block.StepWeights`, in order.
+    :class:`~fuxi_linear.layers.block_step.StepWeights`, in order.
     """
 
     item_table: torch.Tensor
@@ -75,8 +76,20 @@ def decode_step(
                   alpha=math.sqrt(D))
     feats = (None if operands.temporal is None else
              temporal_step_features(operands.temporal, last, timestamps, query_timestamps, x.dtype))
-    for i, weights in enumerate(operands.blocks):
-        x = block_step(x, weights, feats, positions, (retention[i], temporal[i], positional[i]), rows, backend)
+    if resolve_backend(backend, x.device) == "cpu":
+        # the CPU path: the users' rows of every block's states gathered (and written back) once, the temporal
+        # operands laid out once for all blocks
+        pools = (retention, temporal, positional)
+        states = pools if rows is None else tuple(pool.index_select(1, rows) for pool in pools)
+        ops = None if feats is None else temporal_cpu_operands(feats, retention.dtype)
+        for i, weights in enumerate(operands.blocks):
+            x = block_step_cpu(x, weights, ops, positions, (states[0][i], states[1][i], states[2][i]))
+        if rows is not None:
+            for pool, s in zip(pools, states):
+                pool.index_copy_(1, rows, s)
+    else:
+        for i, weights in enumerate(operands.blocks):
+            x = block_step(x, weights, feats, positions, (retention[i], temporal[i], positional[i]), rows, backend)
     if rows is None:
         last_timestamp.copy_(timestamps)
         position.add_(1)

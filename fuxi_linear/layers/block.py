@@ -1,8 +1,9 @@
 """The FuXi-Linear block (SPEC §5): three linear-complexity channels, gated, then the multi-stage FFN; as a layer
-``(B, T, D) -> (B, T, D)`` with an O(1) step (:func:`block_step`, also the model's decode step per block)."""
+``(B, T, D) -> (B, T, D)`` with an O(1) step (:func:`~fuxi_linear.layers.block_step.block_step`, also the
+model's decode step per block)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,94 +12,20 @@ import torch.nn.functional as F
 from ..derived_cache import DerivedCache
 from ..ops.channel_prefill import last_tokens, uses_cpu_path
 from ..ops.dtypes import cast
-from ..ops.fused_block_step import fused_block_step
 from ..utils import check_int
+from .block_step import ChannelStates, StepWeights, block_step
 from .ffn import MultiStageFFN
 from .layer_inputs import (check_lengths, check_optional_times, check_positions_fit, check_sequence, check_state,
                            check_step_input, check_times, final_positions, last_times, mask_padding, pack_rows,
                            packs_rows, state_dtype, unpack_rows)
-from .norms import layer_norm, rms_norm
-from .positional import LinearPositional, positional_step_channel
+from .norms import layer_norm
+from .positional import LinearPositional
 from .projection import ProjectionLayout
-from .retention import Retention, check_backend, retention_step_channel
+from .retention import Retention, check_backend
 from .states import FuXiLinearBlockState
-from .temporal import TemporalRetention, temporal_step_channel
+from .temporal import TemporalRetention
 from .temporal_encoding import TemporalEncoding, TemporalFeatures, resolve_periods
 from .temporal_step import temporal_step_constants, temporal_step_features
-
-ChannelStates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # retention, temporal, positional
-
-
-class StepWeights(NamedTuple):
-    """Everything a block's decode step reads besides its input and states: the block's weights in the layout
-    a step multiplies by (cached between steps, :meth:`FuXiLinearBlock.step_weights`).
-
-    ``w_in (D, 4D + 2 H dqk + 2D)``: ``[W_uvqk | W_v^T | W_p^T]``, every input projection of the block in one
-    matrix, columns ``[u | q | k | v | v_t | v_p]`` (:class:`~fuxi_linear.layers.projection.ProjectionLayout`;
-    SiLU applies to ``[u | q | k | v]`` only); ``w0 (3D, D)``, ``w31 (D, 2F)``
-    (``[W3^T | W1^T]``) and ``w2 (F, D)``: the FFN's, transposed for ``x @ w``; all (in, out) contiguous,
-    the layout in which small-batch CPU products are fastest. ``gain, skip (3D,)``: the channels' outputs
-    become ``gain * o + skip * v`` per column -- the retention heads' inclusive decay ``d_h`` (skip 0), the
-    temporal ``alpha_h``/``beta_h`` and the positional ``alpha``/``beta``; ``gain_ablation, skip_ablation``
-    the same with the temporal columns zero (``use_temporal=False``). ``g_gamma (H,)``: the retention heads'
-    log-decay; ``positional_table (Nmax, P)``: the positional channel's table (its q and k).
-    """
-
-    w_in: torch.Tensor
-    w0: torch.Tensor
-    w31: torch.Tensor
-    w2: torch.Tensor
-    gain: torch.Tensor
-    skip: torch.Tensor
-    gain_ablation: torch.Tensor
-    skip_ablation: torch.Tensor
-    g_gamma: torch.Tensor
-    positional_table: torch.Tensor
-
-
-def block_step(
-    x: torch.Tensor,
-    w: StepWeights,
-    temporal: Optional[TemporalFeatures],
-    positions: torch.Tensor,
-    states: ChannelStates,
-    state_indices: Optional[torch.Tensor] = None,
-    backend: str = "auto",
-    validate: bool = False,
-) -> torch.Tensor:
-    """A block's decode step as a pure function of its operands: ``x (N, D)``,
-    the block's :class:`StepWeights`, the temporal features of the N events (None: the channel is switched
-    off), ``positions (N,)`` int64 and the three state pools, advanced in place (rows ``state_indices (N,)``
-    int64, if given). Returns the block output ``(N, D)``. ``validate``: check the channel operator's inputs
-    (:func:`fuxi_linear.ops.fused_block_step`'s checks; off: the caller guarantees them).
-
-    Every size comes from the operands' shapes and nothing is cached or checked here, so that
-    ``torch.compile`` traces it without a graph break (:mod:`fuxi_linear.decoding.decode_step`).
-    """
-    N, D = x.shape
-    H = w.g_gamma.shape[0]
-    layout = ProjectionLayout.of_step_matrix(w.w_in.shape[1], D, H)
-    proj = layer_norm(x) @ w.w_in
-    F.silu(proj[:, :layout.width], inplace=True)  # u, q, k, v; the channel values W_v, W_p are linear
-    u, q, k, v, v_t, v_p = proj.split(layout.step_sizes, dim=1)
-    channels = [retention_step_channel(q.view(N, H, -1), k.view(N, H, -1), v.view(N, H, -1), states[0], w.g_gamma)]
-    if temporal is not None:
-        channels.append(temporal_step_channel(v_t.view(N, states[1].shape[-3], -1), temporal, states[1]))
-    channels.append(positional_step_channel(w.positional_table, v_p.view(N, 1, D), positions, states[2]))
-    o = fused_block_step(channels, state_indices, backend=backend, validate=validate)
-    if temporal is None:  # the ablation's temporal output is zero (its state stays as it is)
-        o = torch.cat([o[:, :D], torch.zeros_like(o[:, :D]), o[:, D:]], dim=1)
-        gain, skip = w.gain_ablation, w.skip_ablation
-    else:
-        gain, skip = w.gain, w.skip
-    v_all = proj[:, layout.values_start:]  # [v | v_t | v_p], the skip terms
-    # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
-    y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
-    h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)
-    up_gate = rms_norm(h) @ w.w31
-    # SiLU(W1 z) * W3 z = (W3 z * sigmoid(W1 z)) * W1 z: GLU over [W3 z | W1 z], times W1 z
-    hidden = F.glu(up_gate, dim=1).mul_(up_gate[:, w.w2.shape[0]:])
-    return torch.addmm(h, hidden, w.w2)
 
 
 class FuXiLinearBlock(nn.Module):
@@ -386,7 +313,12 @@ class FuXiLinearBlock(nn.Module):
                           per_column(t_beta, D // t.num_heads), per_column(p.beta, D)])
         ablation = torch.ones_like(gain)
         ablation[D:2 * D] = 0.0
+        sdt = state_dtype(w_in)
+        layout = self.uvqk_layout
         return StepWeights(w_in=w_in.contiguous(), w0=f.lin0.weight.t().contiguous(), w31=w31.contiguous(),
                            w2=f.lin2.weight.t().contiguous(), gain=gain, skip=skip,
                            gain_ablation=gain * ablation, skip_ablation=skip * ablation,
-                           g_gamma=g_gamma, positional_table=p.table)
+                           g_gamma=g_gamma, positional_table=p.table,
+                           decay=torch.exp(cast(g_gamma, sdt)).view(-1, 1, 1),
+                           positional_keys=cast(p.table, sdt).view(p.table.shape[0], 1, -1, 1).contiguous(),
+                           columns=tuple(layout.step_sizes))

@@ -8,7 +8,7 @@ One matrix projects the normalised input to the gate ``u``, the queries and keys
 The gate is 3D wide in a :class:`~fuxi_linear.layers.FuXiLinearBlock` (one D-wide gate per channel) and D in a
 :class:`~fuxi_linear.layers.Retention`. A block's decode step multiplies by one matrix that appends the temporal
 and positional channels' value projections (D each, no SiLU) to these columns
-(:class:`~fuxi_linear.layers.block.StepWeights`): ``[u | q | k | v | v_t | v_p]``.
+(:class:`~fuxi_linear.layers.block_step.StepWeights`): ``[u | q | k | v | v_t | v_p]``.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 <fuxi_linear.layers.temporal_encoding.TemporalEncoding.features>` computes for a history, for one event after the
 user's previous one and before the request, from the encoding's :class:`TemporalStepConstants`
 (:func:`temporal_step_constants`); :func:`temporal_step_channel` makes the channel's operands for the fused
-decode step.
+decode step, :func:`temporal_cpu_operands` those of the FuXi block's CPU step (laid out once for all blocks).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from ..ops.step_channel import StepChannel
 from .temporal_encoding import TemporalEncoding, TemporalFeatures
 
-__all__ = ["TemporalStepConstants", "temporal_step_constants", "temporal_step_features", "temporal_step_channel"]
+__all__ = ["TemporalStepConstants", "temporal_step_constants", "temporal_step_features", "temporal_step_channel",
+           "TemporalCpuOperands", "temporal_cpu_operands"]
 
 
 class TemporalStepConstants(NamedTuple):
@@ -91,3 +92,24 @@ def temporal_step_channel(v: torch.Tensor, feats: TemporalFeatures, state: torch
     :func:`temporal_step_features` and the state pool ``(P, 2Ht, 2, D/2Ht)``; ``alpha o + beta v`` is the
     caller's."""
     return StepChannel(feats.q, feats.k, v, state, g=feats.g)
+
+
+class TemporalCpuOperands(NamedTuple):
+    """The temporal channel's operands of one decode step on the CPU path, shared by every block: ``q, k (N, 2Ht,
+    2, 1)`` and ``decay = exp(g)`` ``(N, 2Ht, 1, 1)``, in the state's dtype (what
+    :func:`~fuxi_linear.ops.fused_block_step.advance_channel_cpu` reads)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    decay: torch.Tensor
+
+
+def temporal_cpu_operands(feats: TemporalFeatures, dtype: torch.dtype) -> TemporalCpuOperands:
+    """The features of :func:`temporal_step_features` laid out for the CPU path's state update in the state
+    ``dtype``, once per step instead of once per block (the same numbers as the fused step's CPU path reads)."""
+    q, k, g = feats.q, feats.k, feats.g
+    N, H = g.shape
+    if q.dtype != dtype:
+        q, k = q.to(dtype), k.to(dtype)
+    return TemporalCpuOperands(q.unsqueeze(-1), k.unsqueeze(-1),
+                               torch.exp(g if g.dtype == dtype else g.to(dtype)).view(N, H, 1, 1))

@@ -28,7 +28,8 @@ from .step_channel import MAX_CHANNELS, StepChannel
 from .validation import check_step_inputs
 from .value_checks import ValueChecks, add_distinct_rows_check
 
-__all__ = ["StepChannel", "fused_block_step", "fused_block_step_cpu", "check_fused_step_inputs", "MAX_CHANNELS"]
+__all__ = ["StepChannel", "fused_block_step", "fused_block_step_cpu", "advance_channel_cpu", "check_fused_step_inputs",
+           "MAX_CHANNELS"]
 
 def _check_float(name: str, value: object) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -76,11 +77,24 @@ def check_fused_step_inputs(
         checks.run("sync")
 
 
-def _channel_step_cpu(c: StepChannel, rows: Optional[torch.Tensor]) -> torch.Tensor:
-    """One channel: advances ``c.state`` in place, returns ``o: (N, H * V)`` in v's dtype.
+def advance_channel_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
+                        decay: Optional[torch.Tensor], k_scale: float = 1.0) -> torch.Tensor:
+    """One channel's step on a CPU, on operands already laid out for broadcasting, in the state's dtype:
+    ``q, k (N, H, K, 1)``, ``v (N, H, 1, V)``, ``state (N, H, K, V)`` (advanced in place) and ``decay = exp(g)``
+    broadcastable to ``(N, H, 1, 1)`` (None: no decay). Returns ``q S`` ``(N, H, V)``.
 
-    Written for few PyTorch calls (a CPU step is bound by their overhead, not by the arithmetic): the state
-    is updated in place with ``mul_`` / ``addcmul_`` and ``q S`` is a broadcast product summed over K."""
+    Four PyTorch calls (a CPU step is bound by their overhead, not by the arithmetic): the state is updated in
+    place with ``mul_`` / ``addcmul_`` and ``q S`` is a broadcast product summed over K. :func:`_channel_step_cpu`
+    and the FuXi block's CPU step (:func:`fuxi_linear.layers.block_step.block_step_cpu`, which lays the operands out
+    once for all its channels) both advance their channels here."""
+    if decay is not None:
+        state.mul_(decay)
+    state.addcmul_(k, v, value=k_scale)
+    return (q * state).sum(2)
+
+
+def _channel_step_cpu(c: StepChannel, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """One channel: advances ``c.state`` in place, returns ``o: (N, H * V)`` in v's dtype."""
     state = c.state
     cdt = state.dtype
     N, H, K = c.q.shape
@@ -88,13 +102,14 @@ def _channel_step_cpu(c: StepChannel, rows: Optional[torch.Tensor]) -> torch.Ten
     q, k, v = cast(c.q, cdt), cast(c.k, cdt), cast(c.v, cdt)
     S = state if rows is None else state.index_select(0, rows)
     if c.g is not None:
-        S.mul_(torch.exp(cast(c.g, cdt)).view(N, H, 1, 1))
+        decay = torch.exp(cast(c.g, cdt)).view(N, H, 1, 1)
     elif c.g_gamma is not None:
-        S.mul_(torch.exp(cast(c.g_gamma, cdt)).view(H, 1, 1))
-    S.addcmul_(k.view(N, H, K, 1), v.view(N, H, 1, V), value=c.k_scale)
+        decay = torch.exp(cast(c.g_gamma, cdt)).view(H, 1, 1)
+    else:
+        decay = None
+    o = advance_channel_cpu(q.view(N, H, K, 1), k.view(N, H, K, 1), v.view(N, H, 1, V), S, decay, c.k_scale)
     if rows is not None:
         state.index_copy_(0, rows, S)
-    o = (q.view(N, H, K, 1) * S).sum(2)  # (N, H, V)
     if c.scale != 1.0:
         o = o * c.scale
     return cast(o, c.v.dtype).view(N, H * V)
