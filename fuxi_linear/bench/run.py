@@ -22,6 +22,7 @@ import torch
 from ..utils import progress
 from .compile import (CompiledPrefill, compile_config, disagreement, graphs_compiled, prime,
                       step_compile_failure)
+from .host_memory import steady_host_memory
 from .inputs import BenchInputs, build_bench_models, decode_call, make_inputs, prefill_call
 from .machine import load_snapshot, machine_info, nominal_peak_gbs
 from .plot import plot_results, require_matplotlib
@@ -310,7 +311,10 @@ def _run(s: BenchSettings, log: Callable[[str], None], clock: Clock) -> BenchRes
                say=(lambda msg: bar.write(msg)) if bar is not None else log)
     rows: List[Row] = []
     try:
-        with compile_config(s.compiled), torch.inference_mode():
+        with compile_config(s.compiled), torch.inference_mode(), \
+                steady_host_memory(device.type == "cpu") as host_memory:
+            if host_memory is not None:
+                notes.append(host_memory)
             for T in s.seq_lens:
                 inputs = make_inputs(s.batch_size, T, s.num_items, s.seed, device)
                 if bar is not None:
