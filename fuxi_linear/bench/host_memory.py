@@ -4,8 +4,8 @@ By default glibc serves every allocation above a threshold (128 KiB, raised dyna
 fresh ``mmap`` and returns it to the kernel when freed, and trims the heap top beyond 128 KiB. A CPU prefill of
 a few hundred events allocates megabytes per call (a quadratic model's attention scores most of all), so every
 call then page-faults its buffers in again; on a small virtual machine the cost of those faults varies from call
-to call (measured on the 2-core development VM: HSTU's eager prefill at T=256 took 11.6-28.5 ms over 30 calls,
-median 19.1, with the defaults, and 11.1-15.4 ms, median 11.8, with the memory kept). A serving process in a
+to call (measured on the 2-core development VM: HSTU's eager prefill at T=256 took 14.8-33.1 ms over 30 calls,
+median 25.4, with the defaults, and 9.9-14.1 ms, median 10.3, with the memory kept). A serving process in a
 steady state reuses its memory; so do the timings, for every model alike, while :func:`steady_host_memory` is
 active. Elsewhere than glibc (macOS, musl) it does nothing and says so.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 from typing import Iterator, Optional
 
 # mallopt parameters (glibc malloc.h)
@@ -25,6 +26,7 @@ STEADY = {M_TRIM_THRESHOLD: (1 << 31) - 1, M_TOP_PAD: 64 << 20, M_MMAP_MAX: 0}
 GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 << 10, M_TOP_PAD: 128 << 10, M_MMAP_THRESHOLD: 128 << 10, M_MMAP_MAX: 65536}
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc_mallopt():
     """``mallopt`` of the C library if it is glibc's, else None."""
     try:
