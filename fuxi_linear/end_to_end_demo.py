@@ -56,14 +56,15 @@ class DemoSettings:
     bench_seq_lens: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096)
     bench_batch_size: int = 4
     bench_models: Sequence[str] = BENCH_MODELS
-    bench_repeats: int = 5
-    bench_decode_repeats: int = 15
+    bench_repeats: int = 9
+    bench_decode_repeats: int = 45
     #: from this length on, every model is timed with ``bench_long_repeats`` prefill calls and no prefill warm-up: a
-    #: quadratic model's prefill takes seconds there (the whole demo stays around two minutes on 2 cores). Three
-    #: calls, the fewest whose spread can be judged (a noisy row is flagged and left out of the reading).
+    #: quadratic model's prefill takes seconds there (the whole demo stays under two minutes on 2 cores). Five
+    #: calls: with three (the fewest whose spread can be judged) one slow call already flagged rows on an idle
+    #: machine (a noisy row is flagged and left out of the reading).
     bench_long_from: int = 1024
-    bench_long_repeats: int = 3
-    bench_long_decode_repeats: int = 6
+    bench_long_repeats: int = 5
+    bench_long_decode_repeats: int = 24
     #: the benchmark's regime (``--compile``): "off" = every model eager. The compiled regime compiles every
     #: model's prefill at each of the 7 lengths first (about ten minutes on 2 cores the first time).
     compile: str = "off"
