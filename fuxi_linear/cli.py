@@ -190,6 +190,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    f"{GPU_DEFAULTS['repeats']} GPU / {CPU_DEFAULTS['repeats']} CPU)")
     p.add_argument("--decode-repeats", type=int, help="timed decode steps (default "
                    f"{GPU_DEFAULTS['decode_repeats']} GPU / {CPU_DEFAULTS['decode_repeats']} CPU)")
+    p.add_argument("--noisy-retries", type=int, default=2, help="a model whose prefill or decode repeats at a "
+                   "length come out noisy is timed again, on its own, up to this many more times (default 2; the "
+                   "report names the rows that took more than one attempt)")
     p.add_argument("--decode-burst", type=int, help="consecutive decode steps per model and round, the first "
                    "untimed: steady steps of a loop that only decodes; 1 times each step cold, right after another "
                    f"model's (default {GPU_DEFAULTS['decode_burst']} GPU / {CPU_DEFAULTS['decode_burst']} CPU)")
@@ -220,7 +223,7 @@ def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
         batch_size=args.batch_size, models=parse_models(args.models), dtype=args.dtype,
         embedding_dim=args.embedding_dim, num_blocks=args.num_blocks, num_heads=args.num_heads, qk_dim=args.qk_dim,
         warmup=args.warmup, repeats=args.repeats, decode_repeats=args.decode_repeats, seed=args.seed,
-        decode_burst=args.decode_burst,
+        decode_burst=args.decode_burst, noisy_retries=args.noisy_retries,
         backend=args.backend, threads=args.threads, progress=not args.no_progress,
         decode_users=parse_seq_lens(args.decode_users, "--decode-users") if args.decode_users is not None else None,
         peak_gbs=args.peak_gbs, compile=args.compile,

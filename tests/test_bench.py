@@ -120,7 +120,35 @@ def test_a_stub_clock_gives_exact_rows_and_flags_the_noisy_ones(monkeypatch):
     assert "sasrec decode T=8 (IQR/median 1.33 > 0.25; median/min 3.0 > 2)" in warning
     assert "load average 3.50, 1.80 CPUs busy with other processes before the run" in warning
     assert "load average 3.90, 1.60 CPUs busy with other processes after" in warning
-    assert text.count("T=") == warning.count("T=")  # no other row is named
+    # it alternates at every attempt, so it was timed again twice (--noisy-retries 2) and stays noisy
+    assert rows[("sasrec", "decode", 8)]["attempts"] == 3
+    assert all(r["attempts"] == 1 for key, r in rows.items() if key != ("sasrec", "decode", 8))
+    assert "note: timed again after noisy repeats (--noisy-retries; the row is the last attempt): sasrec decode " \
+           "T=8 (3 attempts, still noisy)" in text
+    assert text.count("T=") == warning.count("T=") + 1  # no other row is named
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_noisy_spell_is_timed_again_on_its_own(monkeypatch, retries):
+    """SASRec's first decode attempt at T=8 falls in a slow spell (calls 1..4: 5, 1, 5, 1 ms); timed again on
+    its own (warm-up call 5, then 6..9 at 1 ms) its row is steady, says it took 2 attempts, and the report
+    names it in a note instead of a warning. With --noisy-retries 0 the first attempt stands, flagged."""
+    clock = StubClock()
+    stub_calls(monkeypatch, clock, {"fuxi-linear": 2.0, "sasrec": 1.0},
+               {"fuxi-linear": lambda T, i: 0.5, "sasrec": lambda T, i: (5.0 if i % 2 else 1.0) if i <= 4 else 1.0})
+    result = run_benchmark(BenchSettings(seq_lens=[8], models=["fuxi-linear", "sasrec"], noisy_retries=retries,
+                                         **{**TINY_SETTINGS, "warmup": 1, "repeats": 4, "decode_repeats": 4,
+                                            "decode_burst": 1}), clock=clock)
+    row = next(r for r in result.rows if (r["model"], r["stage"]) == ("sasrec", "decode"))
+    text = format_report(result)
+    if retries:
+        assert row["attempts"] == 2 and row["noisy"] is False and row["ms"] == pytest.approx(1.0)
+        assert not result.noisy_rows and "WARNING" not in text
+        assert "sasrec decode T=8 (2 attempts)" in text
+    else:
+        assert row["attempts"] == 1 and row["noisy"] is True and row["ms"] == pytest.approx(3.0)
+        assert "WARNING: 1 of 4 timed rows are noisy" in text and "attempts" not in text
+    assert all(r["attempts"] == 1 for r in result.rows if r is not row)
 
 
 def test_steady_rows_get_no_warning(monkeypatch):

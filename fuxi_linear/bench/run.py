@@ -130,6 +130,31 @@ class _Run:
         return row
 
 
+def time_until_steady(run: _Run, calls: Dict[str, Tuple[Callable, Optional[Callable]]], warmup: int, repeats: int,
+                      burst: int = 1) -> Tuple[Dict[str, List[float]], Dict[str, str], Dict[str, int]]:
+    """:func:`~fuxi_linear.bench.timing.time_interleaved` of ``calls``, then each model whose repeats came out
+    noisy (:func:`~fuxi_linear.bench.timing.spread`) timed again on its own, warm-up included, up to
+    ``noisy_retries`` more times: a slow spell of the machine (which on a small VM can outlast a whole stage and
+    hit every model at once) passes, and the row is the attempt without it. The last attempt's times are kept,
+    noisy or not. Returns ``(times, failed, attempts)``: ms per name, ``name -> stage`` of the ones out of
+    memory, and how many times each name was timed."""
+    times, failed = time_interleaved(calls, run.device, warmup, repeats, burst=burst, clock=run.clock)
+    attempts = {name: 1 for name in calls}
+    for _ in range(run.s.noisy_retries):
+        noisy = [name for name in calls if name not in failed and spread(times[name])["noisy"]]
+        if not noisy:
+            break
+        again, again_failed = time_interleaved({name: calls[name] for name in noisy}, run.device, warmup, repeats,
+                                               burst=burst, clock=run.clock)
+        for name in noisy:
+            attempts[name] += 1
+            if name in again_failed:
+                failed[name] = again_failed[name]
+            else:
+                times[name] = again[name]
+    return times, failed, attempts
+
+
 def prefill_stage(run: _Run, T: int, inputs: BenchInputs) -> Tuple[List[Row], Dict[str, Any]]:
     """Prefill at length T: ``model.prefill`` of B users with full histories of T events (encode every event,
     build the decode state / KV cache). Returns the rows and each model's prefilled state (for the decode
@@ -158,9 +183,9 @@ def prefill_stage(run: _Run, T: int, inputs: BenchInputs) -> Tuple[List[Row], Di
     names, compiled = run.compile_first(run.timed_models("prefill", T, rows), "prefill", T, call,
                                         lambda name: prefill_call(run.models[name], inputs, capacity), rows)
     graphs = graphs_compiled()
-    times, failed = time_interleaved(
-        {name: ((lambda name=name: call(name)), (lambda name=name: drop_previous(name))) for name in names},
-        run.device, s.warmup, s.repeats, clock=run.clock)
+    times, failed, attempts = time_until_steady(
+        run, {name: ((lambda name=name: call(name)), (lambda name=name: drop_previous(name))) for name in names},
+        s.warmup, s.repeats)
     recompiled = graphs_compiled() - graphs if s.compiled else 0
     states = {}
     for name in names:
@@ -170,7 +195,7 @@ def prefill_stage(run: _Run, T: int, inputs: BenchInputs) -> Tuple[List[Row], Di
             continue
         states[name] = outputs.pop(name)[1]
         rows.append(run.timed_row(name, "prefill", T, times[name], recompiled, **compiled[name],
-                                  state_bytes_per_user=state_bytes_per_user(states[name], T)))
+                                  attempts=attempts[name], state_bytes_per_user=state_bytes_per_user(states[name], T)))
     for name in s.models:  # a model whose prefill failed to compile still decodes: its state, eager and untimed
         if name not in states and (name, "decode") not in run.gone and \
                 "compile failed" in run.gone.get((name, "prefill"), ""):
@@ -202,10 +227,10 @@ def decode_stage(run: _Run, T: int, inputs: BenchInputs, states: Dict[str, Any])
         names, "decode", T, lambda name: step(name, states[name].clone()),
         lambda name: run.eager_model(name).step(states[name].clone(), *inputs.step), rows)
     graphs = graphs_compiled()
-    times, failed = time_interleaved(
-        {name: ((lambda state, name=name: step(name, state)), (lambda name=name: (states[name].clone(),)))
-         for name in names},
-        run.device, s.decode_warmup, s.decode_repeats, burst=s.decode_burst, clock=run.clock)
+    times, failed, attempts = time_until_steady(
+        run, {name: ((lambda state, name=name: step(name, state)), (lambda name=name: (states[name].clone(),)))
+              for name in names},
+        s.decode_warmup, s.decode_repeats, burst=s.decode_burst)
     recompiled = graphs_compiled() - graphs if s.compiled else 0
     for name in names:
         if name in failed:
@@ -215,7 +240,7 @@ def decode_stage(run: _Run, T: int, inputs: BenchInputs, states: Dict[str, Any])
         if failure is not None:  # the step fell back to eager code while being timed: not a compiled time
             run.failed_compile(name, "decode", T, failure, rows)
             continue
-        row = run.timed_row(name, "decode", T, times[name], recompiled, **compiled[name],
+        row = run.timed_row(name, "decode", T, times[name], recompiled, **compiled[name], attempts=attempts[name],
                             state_bytes_per_user=state_bytes_per_user(states[name], T),
                             bytes_per_step=s.batch_size * decode_bytes_per_user(states[name], T, s.embedding_dim,
                                                                                 s.torch_dtype))
@@ -341,6 +366,11 @@ def _run(s: BenchSettings, log: Callable[[str], None], clock: Clock) -> BenchRes
         r.update(load_average_before=(load_before["load_average"] or [None])[0],
                  busy_cpus_before=load_before["busy_cpus"],
                  load_average_after=(load_after["load_average"] or [None])[0], busy_cpus_after=load_after["busy_cpus"])
+    retried = [r for r in rows if r.get("attempts", 1) > 1]
+    if retried:
+        notes.append("timed again after noisy repeats (--noisy-retries; the row is the last attempt): " + ", ".join(
+            f"{r['model']} {r['stage']} T={r['seq_len']} ({r['attempts']} attempts"
+            f"{', still noisy' if r['noisy'] else ''})" for r in retried))
     if peak is not None:
         notes.append(f"% of peak: against {peak:.0f} GB/s ("
                      + ("--peak-gbs" if s.peak_gbs is not None else "the nominal datasheet bandwidth of this GPU")

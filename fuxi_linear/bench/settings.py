@@ -139,6 +139,9 @@ class BenchSettings:
     repeats: Optional[int] = None
     decode_repeats: Optional[int] = None
     decode_burst: Optional[int] = None  # consecutive decode steps per model and round, the first untimed
+    #: a model whose prefill or decode repeats at a length come out noisy is timed again, on its own, up to this
+    #: many more times (a slow spell of the machine passes; the rows say how many attempts they took)
+    noisy_retries: int = 2
     num_items: int = BENCH_NUM_ITEMS
     seed: int = 0
     backend: str = "auto"  # FuXi-Linear's operator backend
@@ -204,6 +207,7 @@ class BenchSettings:
                      "decode_repeats", "decode_burst", "num_items"):
             _check_int(f"--{name.replace('_', '-')}", getattr(out, name))
         _check_int("--warmup", out.warmup, minimum=0)
+        _check_int("--noisy-retries", out.noisy_retries, minimum=0)
         for name in out.models:  # each model's own config checks the sizes (e.g. D divisible by its heads)
             try:
                 model_config(name, **model_kwargs(name, out))
