@@ -144,12 +144,12 @@ BUGS: List[Bug] = [
         "s_p, None, 1.0)",
         (TESTS + "test_decode.py::test_cpu_block_step_equals_the_fused_operator[False-True]",),
         "eager CPU decode step: the positional channel's key scale 1/(P/2) left out of the state update"),
-    Bug("cpu-step-gathers-rows-per-block", "fuxi_linear/decoding/decode_step.py",
-        "x = block_step_cpu(x, weights, ops, positions, (states[0][i], states[1][i], states[2][i]))",
-        "x = block_step_cpu(x, weights, ops, positions, tuple(s[i].clone() for s in states).__class__("
-        "s[i] for s in states))",
+    Bug("cpu-step-layout-per-block", "fuxi_linear/decoding/decode_step.py",
+        'if resolve_backend(backend, x.device) == "cpu":',
+        'if resolve_backend(backend, x.device) == "cpu" and False:',
         (TESTS + "test_decode.py::test_eager_cpu_step_is_a_few_calls_per_block[True]",),
-        "eager CPU decode step: throwaway copies of the states per block (more ATen calls per block, same numbers)"),
+        "eager CPU decode step: the model's step loses its once-per-step layout (the pool's rows gathered and the "
+        "temporal operands laid out again in every block; same numbers, more calls per block)"),
     Bug("compiled-step-falls-back-silently", "fuxi_linear/decoding/compiled_step.py",
         "return torch.compile(fn, fullgraph=True, options=options or None)",
         'return torch.compile(fn, fullgraph=True, options={**(options or {}), "no_such_inductor_option": 1})',

@@ -273,8 +273,8 @@ def throughput_stage(run: _Run, N: int) -> Row:
         if not ok:
             return dict(rows[-1], stage="decode-throughput", batch_size=N)
         graphs = graphs_compiled()
-        timed, failed = time_interleaved({"step": (lambda: decode_call(model, state, inputs), None)}, run.device,
-                                         s.decode_warmup, s.decode_repeats, burst=s.decode_burst, clock=run.clock)
+        timed, failed, attempts = time_until_steady(run, {"step": (lambda: decode_call(model, state, inputs), None)},
+                                                    s.decode_warmup, s.decode_repeats, burst=s.decode_burst)
     except Exception as err:  # noqa: BLE001
         if not is_out_of_memory(err):
             raise
@@ -285,7 +285,7 @@ def throughput_stage(run: _Run, N: int) -> Row:
         return dict(run.untimed_row("fuxi-linear", "decode-throughput", T, "out of memory"), batch_size=N)
     recompiled = graphs_compiled() - graphs if s.compiled else 0
     row = run.timed_row("fuxi-linear", "decode-throughput", T, timed["step"], recompiled, **compiled["fuxi-linear"],
-                        state_bytes_per_user=state_bytes_per_user(state, T),
+                        attempts=attempts["step"], state_bytes_per_user=state_bytes_per_user(state, T),
                         bytes_per_step=N * decode_bytes_per_user(state, T, s.embedding_dim, s.torch_dtype))
     row["batch_size"] = N
     del state

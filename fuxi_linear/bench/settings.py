@@ -39,8 +39,8 @@ CPU_MODEL = dict(embedding_dim=64, num_blocks=2, num_heads=4, qk_dim=16)
 #: that model's data and code in the caches, which a serving loop that only decodes never sees.
 GPU_DEFAULTS = dict(batch_size=32, warmup=3, repeats=10, decode_repeats=50, decode_burst=1)
 #: CPU: more repeats than on a GPU -- a 2-core machine's slow spells last several calls, and with 5 prefill / 15
-#: decode calls a single spell moved a quartile and flagged a row on an idle machine (3 to 5 of 48 rows per run);
-#: the extra calls cost a few seconds (decode) and ~20 s at T=2048 (the quadratic prefills)
+#: decode calls a single spell moved a quartile and flagged rows on an idle machine (1 to 5 of 48 rows per run);
+#: the extra calls cost most at T=2048, where an eager quadratic prefill takes ~0.6 s (4 more per model)
 CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=9, decode_repeats=45, decode_burst=4)
 
 #: ``--compile`` values, for every model's prefill and decode alike (:mod:`fuxi_linear.bench.compile`): ``on`` =

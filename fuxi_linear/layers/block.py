@@ -186,8 +186,9 @@ class FuXiLinearBlock(nn.Module):
     ) -> Tuple[torch.Tensor, FuXiLinearBlockState]:
         """One new event per user: ``x_t (N, D)``, its time ``timestamps (N,)`` int64 and the time of the
         request after it ``query_timestamps (N,)`` int64 -> ``(y_t (N, D), state)``; ``state`` is advanced in
-        place, O(1) in the history: the block's fused decode step (:func:`block_step`: one input product, the
-        three channels in one :func:`~fuxi_linear.ops.fused_block_step`). Equals the last row of :meth:`forward`
+        place, O(1) in the history: the block's decode step (:func:`block_step`: one input product, then the
+        three channels in one :func:`~fuxi_linear.ops.fused_block_step` on CUDA, or in a few in-place calls each on
+        the CPU path). Equals the last row of :meth:`forward`
         on the history plus this event. Inference only (no autograd graph)."""
         N = check_step_input(x_t, self.dim, self.uvqk)
         if self.use_temporal:
