@@ -152,7 +152,7 @@ def _gate_and_ffn(x: torch.Tensor, w: StepWeights, u: torch.Tensor, proj: torch.
     its residuals."""
     N, D = x.shape
     gain, skip = (w.gain, w.skip) if use_temporal else (w.gain_ablation, w.skip_ablation)
-    v_all = proj[:, proj.shape[1] - 3 * D:]  # [v | v_t | v_p], the skip terms
+    v_all = proj[:, sum(w.columns[:3]):]  # [v | v_t | v_p] (the columns after u, q, k): the skip terms
     # fresh intermediates are updated in place: a CPU step is bound by its calls and allocations
     y = layer_norm(o.mul_(gain).addcmul_(v_all, skip).view(N, 3, D))  # the three output norms in one call
     h = torch.addmm(x, y.view(N, 3 * D).mul_(u), w.w0)

@@ -47,12 +47,6 @@ class ProjectionLayout(NamedTuple):
             raise ValueError(f"uvqk width {width} does not fit 4D + 2*H*dqk with D={dim}, H={num_heads}")
         return cls.of_block(dim, num_heads, qk_total // (2 * num_heads))
 
-    @classmethod
-    def of_step_matrix(cls, width: int, dim: int, num_heads: int) -> "ProjectionLayout":
-        """A block's layout from the width of its decode-step matrix ``[uvqk | W_v^T | W_p^T]`` (``uvqk`` plus
-        the two channel value projections, D each). Sizes only: traced as it is by ``torch.compile``."""
-        return cls(3 * dim, (width - 6 * dim) // 2, dim, num_heads)
-
     @property
     def width(self) -> int:
         """Columns of ``[u | q | k | v]``."""
@@ -82,11 +76,6 @@ class ProjectionLayout(NamedTuple):
     def qkv(self) -> slice:
         """Columns of ``[q | k | v]``."""
         return slice(self.gate, self.width)
-
-    @property
-    def values_start(self) -> int:
-        """First column of ``v`` (in the decode-step matrix, ``[v | v_t | v_p]`` from here on)."""
-        return self.gate + 2 * self.qk
 
     def heads_of(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., H * d)`` -> ``(..., H, d)``."""
